@@ -1,0 +1,256 @@
+"""The SQLite catalog: one row per file, one vector per distinct content.
+
+Vectors live in the same database as the rows that use them, keyed by the
+content hash, so a batch commit is one transaction: a crash loses at most the
+batch in flight, and a moved or copied file reuses its vector for free.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from loupe.config import Filters
+from loupe.scan import glob_match
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS embeddings (
+    sha256 TEXT PRIMARY KEY,
+    vector BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS images (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,          -- POSIX, relative to the library root
+    sha256 TEXT,
+    size INTEGER NOT NULL,
+    mtime REAL NOT NULL,
+    width INTEGER,
+    height INTEGER,
+    format TEXT,
+    taken_at TEXT,                      -- EXIF capture time, ISO 8601
+    date TEXT,                          -- taken_at, else the file's mtime: what date filters use
+    camera TEXT,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'error')),
+    error TEXT,
+    indexed_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS images_sha ON images (sha256);
+CREATE INDEX IF NOT EXISTS images_status ON images (status);
+"""
+
+META_COLUMNS = ("width", "height", "format", "taken_at", "camera")
+
+
+class Catalog:
+    """Thread-safe: each thread gets its own connection (SQLite connections are not shared)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._local = threading.local()
+        self.db.executescript(SCHEMA)  # idempotent; executescript manages its own transaction
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; bumps the generation so readers know to reload."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+            db.execute(
+                "INSERT INTO meta VALUES ('generation', '1') ON CONFLICT(key) DO UPDATE "
+                "SET value = CAST(value AS INTEGER) + 1"
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    # --- meta -----------------------------------------------------------------------------
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def set_meta(self, key: str, value: Any, db: sqlite3.Connection | None = None) -> None:
+        sql = "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
+        if db is not None:
+            db.execute(sql, (key, json.dumps(value)))
+            return
+        with self.transaction() as tx:
+            tx.execute(sql, (key, json.dumps(value)))
+
+    def generation(self) -> int:
+        return int(self.get_meta("generation", 0))
+
+    # --- what the indexer needs -----------------------------------------------------------
+    def files(self) -> dict[str, sqlite3.Row]:
+        rows = self.db.execute("SELECT id, path, size, mtime, sha256, status FROM images")
+        return {r["path"]: r for r in rows}
+
+    def known_hashes(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT sha256 FROM embeddings")}
+
+    def meta_for_hash(self, sha: str) -> dict[str, Any] | None:
+        row = self.db.execute(
+            f"SELECT {', '.join(META_COLUMNS)} FROM images WHERE sha256 = ? AND status = 'ok' "
+            "AND width IS NOT NULL LIMIT 1", (sha,)
+        ).fetchone()
+        return dict(row) if row else None
+
+    @staticmethod
+    def put_image(db: sqlite3.Connection, rel: str, size: int, mtime: float, *, sha: str | None,
+                  meta: dict[str, Any] | None = None, error: str | None = None) -> None:
+        meta = meta or {}
+        date = meta.get("taken_at") or time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(mtime))
+        db.execute(
+            """INSERT INTO images (path, sha256, size, mtime, width, height, format, taken_at,
+                   date, camera, status, error, indexed_at)
+               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)
+               ON CONFLICT(path) DO UPDATE SET sha256=excluded.sha256, size=excluded.size,
+                   mtime=excluded.mtime, width=excluded.width, height=excluded.height,
+                   format=excluded.format, taken_at=excluded.taken_at, date=excluded.date,
+                   camera=excluded.camera, status=excluded.status, error=excluded.error,
+                   indexed_at=excluded.indexed_at""",
+            (rel, sha, size, mtime, *(meta.get(c) for c in ("width", "height", "format", "taken_at")),
+             date, meta.get("camera"), "error" if error else "ok", error, time.time()),
+        )
+
+    @staticmethod
+    def put_vector(db: sqlite3.Connection, sha: str, vector: np.ndarray) -> None:
+        db.execute(
+            "INSERT OR IGNORE INTO embeddings VALUES (?, ?)",
+            (sha, np.ascontiguousarray(vector, dtype=np.float32).tobytes()),
+        )
+
+    @staticmethod
+    def delete_paths(db: sqlite3.Connection, rels: Iterable[str]) -> None:
+        db.executemany("DELETE FROM images WHERE path = ?", ((r,) for r in rels))
+
+    @staticmethod
+    def drop_orphan_vectors(db: sqlite3.Connection) -> int:
+        cur = db.execute(
+            "DELETE FROM embeddings WHERE sha256 NOT IN "
+            "(SELECT sha256 FROM images WHERE sha256 IS NOT NULL AND status = 'ok')"
+        )
+        return cur.rowcount
+
+    # --- what search needs ----------------------------------------------------------------
+    def load_matrix(self, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """All searchable images: (ids, vectors), in id order."""
+        rows = self.db.execute(
+            "SELECT i.id, e.vector FROM images i JOIN embeddings e ON e.sha256 = i.sha256 "
+            "WHERE i.status = 'ok' ORDER BY i.id"
+        ).fetchall()
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(-1, dim)
+        return ids, matrix
+
+    def vectors(self, ids: Iterable[int], dim: int) -> np.ndarray:
+        ids = [int(i) for i in ids]
+        found: dict[int, bytes] = {}
+        for chunk in range(0, len(ids), 500):
+            part = ids[chunk:chunk + 500]
+            rows = self.db.execute(
+                f"SELECT i.id, e.vector FROM images i JOIN embeddings e ON e.sha256 = i.sha256 "
+                f"WHERE i.id IN ({','.join('?' * len(part))})", part
+            )
+            found.update((r[0], r[1]) for r in rows)
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise KeyError(f"no vector for image id(s) {missing[:5]}")
+        return np.frombuffer(b"".join(found[i] for i in ids), dtype=np.float32).reshape(-1, dim)
+
+    def record(self, image_id: int) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM images WHERE id = ?", (int(image_id),)).fetchone()
+        return dict(row) if row else None
+
+    def records(self, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        ids = [int(i) for i in ids]
+        out: dict[int, dict[str, Any]] = {}
+        for chunk in range(0, len(ids), 500):
+            part = ids[chunk:chunk + 500]
+            rows = self.db.execute(
+                f"SELECT * FROM images WHERE id IN ({','.join('?' * len(part))})", part
+            )
+            out.update((r["id"], dict(r)) for r in rows)
+        return out
+
+    def id_of_path(self, rel: str) -> int | None:
+        row = self.db.execute("SELECT id FROM images WHERE path = ?", (rel,)).fetchone()
+        return row[0] if row else None
+
+    def filter_ids(self, f: Filters) -> np.ndarray:
+        """Ids of searchable images that pass every filter."""
+        where, args = ["status = 'ok'"], []
+        if f.folder:
+            prefix = f.folder.strip("/")
+            where.append("(path LIKE ? ESCAPE '\\')")
+            args.append(_like_escape(prefix) + "/%")
+        if f.since:
+            where.append("date >= ?")
+            args.append(f.since)
+        if f.until:
+            # An inclusive day: '2024-05-01' takes everything up to 2024-05-01T23:59:59.
+            where.append("date <= ?")
+            args.append(f.until if "T" in f.until else f.until + "T99")
+        if f.min_width:
+            where.append("width >= ?")
+            args.append(int(f.min_width))
+        if f.min_height:
+            where.append("height >= ?")
+            args.append(int(f.min_height))
+        if f.types:
+            where.append(f"format IN ({','.join('?' * len(f.types))})")
+            args.extend(t.upper() for t in f.types)
+        rows = self.db.execute(f"SELECT id, path FROM images WHERE {' AND '.join(where)}", args)
+        ids = [r[0] for r in rows if not f.glob or glob_match(r[1], f.glob)]
+        return np.asarray(ids, dtype=np.int64)
+
+    def counts(self) -> dict[str, int]:
+        row = self.db.execute(
+            "SELECT COUNT(*), SUM(status = 'ok'), SUM(status = 'error'), "
+            "(SELECT COUNT(*) FROM embeddings) FROM images"
+        ).fetchone()
+        return {"files": row[0], "indexed": row[1] or 0, "errors": row[2] or 0, "vectors": row[3]}
+
+    def errors(self, limit: int | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT path, error FROM images WHERE status = 'error' ORDER BY path"
+        rows = self.db.execute(sql + (f" LIMIT {int(limit)}" if limit else ""))
+        return [dict(r) for r in rows]
+
+    def formats(self) -> dict[str, int]:
+        rows = self.db.execute(
+            "SELECT format, COUNT(*) FROM images WHERE status = 'ok' GROUP BY format ORDER BY 2 DESC"
+        )
+        return {r[0]: r[1] for r in rows}
+
+
+def _like_escape(s: str) -> str:
+    return s.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
