@@ -63,6 +63,7 @@ class Library:
         self._encoder: Encoder | None = None
         self._snapshot: _Snapshot | None = None
         self._lock = threading.Lock()
+        self.auto_refresh = True
 
     # --- opening ----------------------------------------------------------------------------
     @classmethod
@@ -144,7 +145,16 @@ class Library:
 
     # --- store side: what rerankers, eval and the server read --------------------------------
     def snapshot(self) -> VectorIndex:
-        """The searchable vectors as of the last commit (rebuilt only when something changed)."""
+        """The searchable vectors as of the last commit. With `auto_refresh` off (a server
+        whose indexer commits every few seconds), the last snapshot is served until
+        `refresh()` is called, so no search waits for a rebuild."""
+        snap = self._snapshot
+        if snap is not None and not self.auto_refresh:
+            return snap.index
+        return self.refresh()
+
+    def refresh(self) -> VectorIndex:
+        """Rebuild the searchable vectors if the catalog changed since the last snapshot."""
         gen = self.catalog.generation()
         snap = self._snapshot
         if snap is None or snap.generation != gen:
