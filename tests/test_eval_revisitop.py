@@ -1,0 +1,164 @@
+"""Revisited Oxford protocol end to end on a tiny dataset in the official layout."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from loupe.eval import revisitop
+from loupe.eval.common import DatasetError, Embedder, EvalOptions, ranked_with_rerank
+from loupe.eval.testing import ColorEncoder
+from loupe.rerank import Reranker
+from loupe.types import Candidates, Query
+
+# Query A (red crop) ranks the gallery by its green channel: positions 0..7 hold
+# items 5, 2, 7, 1, 3, 0, 4, 6. Query B (blue crop) scores every item 0: a full tie.
+ORDER_A = [5, 2, 7, 1, 3, 0, 4, 6]
+BOX = (16.0, 16.0, 48.0, 48.0)
+
+
+def _jpg(path, color, size=(64, 64)):
+    Image.new("RGB", size, color).save(path, quality=95)
+
+
+def _query(path, inside, outside=(0, 200, 0)):
+    im = Image.new("RGB", (64, 64), outside)
+    im.paste(Image.new("RGB", (32, 32), inside), (16, 16))
+    im.save(path, quality=95)
+
+
+@pytest.fixture()
+def roxford(tmp_path):
+    root = tmp_path / "roxford5k"
+    (root / "jpg").mkdir(parents=True)
+    imlist = [f"oxc1_g{i}" for i in range(8)]
+    for pos, item in enumerate(ORDER_A):
+        _jpg(root / "jpg" / f"{imlist[item]}.jpg", (250, 30 * pos, 0))
+    _query(root / "jpg" / "q_a.jpg", (200, 0, 0))
+    _query(root / "jpg" / "q_b.jpg", (0, 0, 200))
+    gnd = [
+        {"bbx": np.array(BOX), "easy": np.array([1, 3]), "hard": np.array([6]), "junk": np.array([2, 7])},
+        {"bbx": np.array(BOX), "easy": np.array([0]), "hard": np.array([], int), "junk": np.array([1])},
+    ]
+    with open(root / "gnd_roxford5k.pkl", "wb") as fh:
+        pickle.dump({"imlist": imlist, "qimlist": ["q_a", "q_b"], "gnd": gnd}, fh)
+    return tmp_path
+
+
+def _run(data_dir, tmp_path, encoder=None, **opts):
+    data = revisitop.load("roxford5k", data_dir)
+    options = EvalOptions(cache_dir=tmp_path / "cache", **opts)
+    embedder = Embedder(options, encoder or ColorEncoder())
+    return revisitop.evaluate(data, options, embedder), embedder
+
+
+def test_hand_computed_map_and_precision(roxford, tmp_path):
+    result, _ = _run(roxford, tmp_path)
+    m = result.metrics
+    # query A, worked out in test_eval_metrics: E 5/12, M 77/180, H 1/8; query B: E = M = 1, H has no positives
+    assert m["mAP_E"] == pytest.approx(100 * (5 / 12 + 1) / 2)
+    assert m["mAP_M"] == pytest.approx(100 * (77 / 180 + 1) / 2)
+    assert m["mAP_H"] == pytest.approx(100 * 1 / 8)
+    assert m["mP@1_E"] == pytest.approx(50.0)
+    assert m["mP@5_E"] == pytest.approx(100 * (2 / 3 + 1) / 2)
+    assert m["mP@10_M"] == pytest.approx(100 * (0.5 + 1) / 2)
+    assert m["mP@5_H"] == pytest.approx(25.0)
+    a, b = result.queries
+    assert [it.label for it in a.top] == [f"oxc1_g{i}" for i in ORDER_A]
+    # tie: every score of B is 0, so the gallery keeps index order
+    assert [it.label for it in b.top] == [f"oxc1_g{i}" for i in range(8)]
+    assert [it.correct for it in a.top[:4]] == [False, None, None, True]
+    assert np.isnan(b.metrics["AP_H"])
+    assert result.config["dataset"]["queries"] == 2
+    json.dumps(result.to_dict())  # every number serialises
+
+
+def test_queries_are_cropped_to_their_box(roxford, tmp_path):
+    # without the crop, query A's mean colour is mostly green and the ranking reverses
+    data = revisitop.load("roxford5k", roxford)
+    for g in data.gnd:
+        g["bbx"] = np.array([0.0, 0.0, 64.0, 64.0])
+    options = EvalOptions(cache_dir=tmp_path / "cache2")
+    result = revisitop.evaluate(data, options, Embedder(options, ColorEncoder()))
+    assert result.metrics["mAP_M"] != pytest.approx(100 * (77 / 180 + 1) / 2)
+
+
+def test_embeddings_are_cached_once(roxford, tmp_path):
+    first, e1 = _run(roxford, tmp_path)
+    enc = ColorEncoder()
+    second, e2 = _run(roxford, tmp_path, encoder=enc)
+    assert enc.images_encoded == 0 and len(e2.hits) == 2 and not e2.misses
+    assert first.metrics == second.metrics
+
+
+def test_missing_images_are_named(roxford):
+    (roxford / "roxford5k" / "jpg" / "oxc1_g3.jpg").unlink()
+    with pytest.raises(DatasetError, match=r"oxc1_g3\.jpg.*\n.*revisitop"):
+        revisitop.load("roxford5k", roxford)
+    with pytest.raises(DatasetError, match="gnd_rparis6k"):
+        revisitop.load("rparis6k", roxford)
+
+
+def test_distractors_append_after_gallery(roxford, tmp_path):
+    d = tmp_path / "revisitop1m"
+    (d / "jpg" / "a").mkdir(parents=True)
+    # a distractor between query A's first and second result
+    _jpg(d / "jpg" / "a" / "x1.jpg", (250, 20, 0))
+    (d / "revisitop1m.txt").write_text("a/x1.jpg\n")
+    data = revisitop.load("roxford5k", roxford, distractors_dir=d)
+    options = EvalOptions(cache_dir=tmp_path / "cache")
+    result = revisitop.evaluate(data, options, Embedder(options, ColorEncoder()))
+    assert [it.label for it in result.queries[0].top[:3]] == ["oxc1_g5", "x1", "oxc1_g2"]
+    assert result.config["dataset"]["name"] == "roxford5k+R1M"
+    assert result.config["dataset"]["gallery"] == 9
+    # medium AP of query A drops: every positive moves down one place
+    assert result.metrics["mAP_M"] < 100 * (77 / 180 + 1) / 2
+    (d / "jpg" / "a" / "x1.jpg").unlink()
+    with pytest.raises(DatasetError, match="x1.jpg"):
+        revisitop.load("roxford5k", roxford, distractors_dir=d)
+
+
+def test_no_rerank_imports_nothing_from_rerank(roxford, tmp_path, monkeypatch):
+    # a None entry makes any import of loupe.rerank fail
+    monkeypatch.setitem(sys.modules, "loupe.rerank", None)
+    result, _ = _run(roxford, tmp_path)
+    assert result.config["rerank"] == []
+
+
+def test_rerank_through_the_registry(roxford, tmp_path):
+    result, _ = _run(roxford, tmp_path, rerank="superglobal,qe", rerank_depth=5)
+    assert [r["name"] for r in result.config["rerank"]] == ["superglobal", "qe"]
+    assert all(r["depth"] == 5 and r["params"] for r in result.config["rerank"])
+    for q in result.queries:  # still a permutation of the gallery
+        assert sorted(it.label for it in q.top) == sorted(f"oxc1_g{i}" for i in range(8))
+
+
+class _Reverse(Reranker):
+    """Reverses whatever head it is handed."""
+
+    name = "reverse"
+
+    def __init__(self):
+        self.depth = 3
+        self.seen = []
+
+    def rerank(self, query, candidates, store):
+        self.seen.append(len(candidates))
+        order = np.arange(len(candidates))[::-1]
+        out = candidates.take(order)
+        return Candidates(out.ids, np.arange(len(out))[::-1].astype(np.float32), out.boxes)
+
+
+def test_rerank_chain_reorders_head_keeps_tail():
+    scores = np.array([0.1, 0.9, 0.5, 0.7, 0.3])
+    r = _Reverse()
+    ids, _ = ranked_with_rerank(lambda: Query(vector=np.zeros(3)), scores, None, [r], None)
+    assert ids.tolist() == [2, 3, 1, 4, 0]          # head [1, 3, 2] reversed, tail [4, 0] kept
+    ids, _ = ranked_with_rerank(lambda: Query(vector=np.zeros(3)), scores, None, [r], 4, exclude=[1])
+    assert ids.tolist() == [0, 4, 2, 3]
+    assert r.seen == [3, 4]
