@@ -74,16 +74,18 @@ def apply(
 ) -> Candidates:
     """Run a chain: each reranker re-scores the head (length `depth` or its own default M).
 
-    The tail stays in incoming order behind the head. A reranker that searches
-    again (alpha-QE) may bring ids from the tail into the head; they are not
-    repeated in the tail.
+    Everything not in the reranked head follows it in incoming order: the tail,
+    and (after a reranker that searched again, like alpha-QE) head ids that the
+    new search did not return. No id appears twice and none is lost.
     """
     for reranker in rerankers:
         m = min(depth or reranker.depth, len(candidates))
         head = reranker.rerank(query, candidates.take(np.arange(m)), store)
         in_head = set(head.ids.tolist())
-        tail = [i for i in range(m, len(candidates)) if int(candidates.ids[i]) not in in_head]
-        rest = candidates.take(np.array(tail, dtype=np.int64))
+        rest = candidates.take(
+            np.array([i for i, id_ in enumerate(candidates.ids.tolist()) if id_ not in in_head],
+                     dtype=np.int64)
+        )
         candidates = Candidates(
             np.concatenate([head.ids, rest.ids]),
             np.concatenate([head.scores, rest.scores]),
