@@ -94,19 +94,29 @@ class Encoder:
     def name(self) -> str:
         return self.identity["model"]
 
-    def prepare(self, image: Image.Image) -> torch.Tensor:
-        """Pixels -> the model's input tensor (CHW). Safe to call from worker threads."""
-        return self.preprocess(image)
+    def prepare(self, image: Image.Image) -> np.ndarray:
+        """Pixels -> the model's input (CHW float32). Safe to call from worker threads.
+
+        The usual open_clip pipeline (shortest side to size, centre crop, normalise) is
+        done in Pillow + numpy: the same numbers as torchvision's transform on a PIL image,
+        without torch ops in worker threads, which fight the model for the cores."""
+        pp = self.identity["preprocess"]
+        if pp.get("resize_mode") == "shortest" and pp.get("interpolation") in _PIL_FILTERS:
+            return _shortest_crop_normalise(image.convert("RGB"), self.image_size,
+                                            _PIL_FILTERS[pp["interpolation"]], pp["mean"], pp["std"])
+        return self.preprocess(image).numpy()
 
     @torch.inference_mode()
-    def encode_pixels(self, batch: torch.Tensor) -> np.ndarray:
+    def encode_pixels(self, batch: torch.Tensor | np.ndarray) -> np.ndarray:
+        if isinstance(batch, np.ndarray):
+            batch = torch.from_numpy(batch)
         feats = self.model.encode_image(batch.to(self.device, dtype=self._dtype))
         return _normalised(feats)
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         if not images:
             return np.zeros((0, self.dim), np.float32)
-        return self.encode_pixels(torch.stack([self.prepare(im.convert("RGB")) for im in images]))
+        return self.encode_pixels(np.stack([self.prepare(im) for im in images]))
 
     @torch.inference_mode()
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
@@ -118,6 +128,26 @@ class Encoder:
     def same_model(self, other: dict[str, Any]) -> bool:
         keys = ("arch", "source", "dim")
         return all(self.identity.get(k) == other.get(k) for k in keys)
+
+
+_PIL_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+
+def _shortest_crop_normalise(im: Image.Image, size: int, resample: Image.Resampling,
+                             mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    # Output sizes and crop offsets follow torchvision's Resize(int) and CenterCrop exactly.
+    w, h = im.size
+    if w <= h:
+        new_w, new_h = size, int(size * h / w)
+    else:
+        new_w, new_h = int(size * w / h), size
+    if (new_w, new_h) != (w, h):
+        im = im.resize((new_w, new_h), resample)
+    left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
+    im = im.crop((left, top, left + size, top + size))
+    x = np.asarray(im, dtype=np.float32) * np.float32(1 / 255)
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
 def _normalised(feats: torch.Tensor) -> np.ndarray:

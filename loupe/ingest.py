@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 
 from loupe.catalog import META_COLUMNS, Catalog
 from loupe.config import IndexOptions
@@ -56,7 +56,7 @@ class _Item:
     entry: FileEntry
     sha: str | None = None
     meta: dict[str, Any] | None = None
-    tensor: torch.Tensor | None = None
+    tensor: np.ndarray | None = None
     error: str | None = None
     reused: bool = False
 
@@ -172,7 +172,7 @@ def _commit(catalog: Catalog, encoder: Encoder, batch: list[_Item], report: Inde
             old_sha: dict[str, str | None], left_behind: dict[str, dict[str, Any]],
             hashes: set[str]) -> None:
     fresh = [it for it in batch if it.tensor is not None]
-    vectors = encoder.encode_pixels(torch.stack([it.tensor for it in fresh])) if fresh else None
+    vectors = encoder.encode_pixels(np.stack([it.tensor for it in fresh])) if fresh else None
     with catalog.transaction() as db:
         for i, it in enumerate(fresh):
             Catalog.put_vector(db, it.sha, vectors[i])

@@ -1,0 +1,60 @@
+"""Shared fixtures: a tiny random-weight model, generated images, and the real photos."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_DATA = REPO / "tests" / "data"
+SHARED_DATA = REPO.parent / "shared" / "data"
+TINY = "loupe-tiny:random"
+
+
+def make_image(path: Path, seed: int, size: tuple[int, int] = (96, 80), fmt: str | None = None,
+               exif: Image.Exif | None = None) -> Path:
+    """A distinct picture per seed: a coarse grid of random colours, scaled up."""
+    rng = np.random.default_rng(seed)
+    cells = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    im = Image.fromarray(cells).resize(size, Image.Resampling.NEAREST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kwargs = {"exif": exif} if exif is not None else {}
+    im.save(path, format=fmt, **kwargs)
+    return path
+
+
+def make_folder(root: Path, n: int, start: int = 0, sub: str = "") -> list[Path]:
+    return [make_image(root / sub / f"img{start + i:04d}.png", seed=start + i) for i in range(n)]
+
+
+@pytest.fixture
+def tiny() -> str:
+    return TINY
+
+
+@pytest.fixture(scope="session")
+def awkward_dir() -> Path:
+    """The awkward-files set: the full one from ../shared/data when present, else the copy."""
+    full = SHARED_DATA / "imagededup_testdata"
+    return full if full.is_dir() else TEST_DATA / "awkward"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"{SHARED_DATA} is missing: this test needs the project's shared photos")
+    return SHARED_DATA
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 120):
+    """Run `loupe ...` in a subprocess, as a user would."""
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "loupe.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
