@@ -276,6 +276,9 @@ def _draw_boxes(lib: Library, hits: list[Any], folder: Path) -> None:
 
 
 # Sub-commands that live with their feature.
+from loupe.server.cli import register as _register_serve  # noqa: E402
+
+_register_serve(app)
 
 
 def main() -> None:

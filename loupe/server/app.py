@@ -1,0 +1,324 @@
+"""The HTTP API and the web page: one FastAPI app over one `Library`.
+
+Everything the app needs is passed to `create_app`; nothing lives at module level,
+so tests (and embedders) can run several apps side by side.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import date, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, File, Query, Request, UploadFile
+from fastapi import Path as PathParam
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+import loupe
+from loupe.config import ALLOWED_FORMATS, Filters, IndexOptions
+from loupe.decode import DecodeError, decode
+from loupe.library import Library
+from loupe.query import QueryError
+from loupe.server import thumbs
+from loupe.server.auth import token_matches
+from loupe.server.files import image_record, media_type, safe_file
+from loupe.server.indexer import BackgroundIndexer
+from loupe.server.middleware import BodyLimit, SecurityHeaders
+
+log = logging.getLogger("loupe.server")
+
+STATIC = Path(__file__).parent / "static"
+MAX_K = 100
+MAX_OFFSET = 1000
+DEFAULT_K = 30
+MAX_UPLOAD_BYTES = 20 * 2**20
+# Below the indexer's limit: a query image needs no more, and each upload is decoded in memory.
+MAX_UPLOAD_PIXELS = 50_000_000
+MULTIPART_OVERHEAD = 64 * 1024   # boundaries and part headers around the file
+MAX_ID = 2**63 - 1               # SQLite's integer range: larger ids cannot exist
+FORMAT_ALIASES = {"JPG": "JPEG", "TIF": "TIFF", "HEIC": "HEIF"}
+ImageId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="Catalog id.")]
+_STATS_ERROR_LIST = 100
+
+
+def create_app(lib: Library, token: str, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
+               max_upload_pixels: int = MAX_UPLOAD_PIXELS, allowed_hosts: list[str] | None = None,
+               index_options: IndexOptions | None = None, refresh_every: float = 1.0) -> FastAPI:
+    """The app serving `lib`. `token` guards the endpoints that change the library.
+
+    `allowed_hosts` (e.g. ["127.0.0.1", "localhost"]) rejects other Host headers, which
+    stops a web page from reaching a local server through DNS rebinding.
+    Takes over refreshing `lib`'s search snapshot (`lib.auto_refresh` is turned off):
+    searches never wait for a rebuild while a re-index commits batches.
+    """
+    if not token:
+        raise ValueError("an admin token is required (see loupe.server.auth.load_or_create_token)")
+    lib.auto_refresh = False
+    lib.refresh()
+    indexer = BackgroundIndexer(lib, index_options, refresh_every=refresh_every)
+    watcher = _Watcher(lib)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        watcher.start()
+        yield
+        watcher.stop()
+        indexer.stop(wait=30)
+
+    app = FastAPI(title="Loupe", version=loupe.__version__, lifespan=lifespan,
+                  description="Search a Loupe image library by text, by image, or both.",
+                  openapi_url="/api/openapi.json", docs_url="/api/docs", redoc_url=None)
+    app.state.lib = lib
+    app.state.indexer = indexer
+    _install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=max_upload_bytes + MULTIPART_OVERHEAD)
+    if allowed_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
+    app.add_middleware(SecurityHeaders)
+
+    def require_token(request: Request) -> None:
+        if not token_matches(request.headers.get("authorization"), token):
+            raise HTTPException(401, "this needs the admin token: send 'Authorization: Bearer "
+                                "<token>' (printed by `loupe serve`)",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    Admin = Depends(require_token)
+
+    # --- search -------------------------------------------------------------------------------
+    @app.get("/api/search", tags=["search"])
+    def search(p: Annotated[SearchParams, Depends()]) -> dict[str, Any]:
+        """By text (`q`), by an indexed image (`like`), or both (`like` + `q` as the edit)."""
+        if p.like is not None:
+            image_record(lib, p.like)
+            return _page(lib, p, text=p.q, like=p.like, weight=p.weight)
+        if not p.q or not p.q.strip():
+            raise HTTPException(400, "empty query: give text (q), an indexed image id (like), "
+                                "or upload an image to /api/search/image")
+        return _page(lib, p, text=p.q)
+
+    @app.post("/api/search/image", tags=["search"])
+    def search_image(p: Annotated[SearchParams, Depends()],
+                     image: Annotated[UploadFile, File(description="The query image.")]) -> dict[str, Any]:
+        """By an uploaded image, optionally edited by text (`q`: "this, but at night")."""
+        if p.like is not None:
+            raise HTTPException(400, "give an uploaded image or `like`, not both")
+        data = image.file.read(max_upload_bytes + 1)
+        if len(data) > max_upload_bytes:
+            raise HTTPException(413, f"image too large: the limit is {max_upload_bytes} bytes")
+        pixels = decode(data, max_pixels=max_upload_pixels, reduce_to=lib.encoder.image_size).image
+        return _page(lib, p, text=p.q, image=pixels, weight=p.weight)
+
+    # --- images -------------------------------------------------------------------------------
+    @app.get("/api/images/{image_id}", tags=["images"])
+    def metadata(image_id: ImageId) -> dict[str, Any]:
+        rec = image_record(lib, image_id)
+        out = {k: v for k, v in rec.items() if k != "path"}
+        return {**out, "rel_path": rec["path"], **_urls(rec)}
+
+    @app.get("/api/images/{image_id}/thumb", tags=["images"],
+             responses={200: {"content": {"image/jpeg": {}}}, 304: {}})
+    def thumbnail(request: Request, image_id: ImageId,
+                  size: Annotated[int, Query(description=f"One of {thumbs.SIZES}.")] = thumbs.SIZES[0],
+                  v: Annotated[str | None, Query(description="Content version from a search result.")] = None,
+                  ) -> Response:
+        if size not in thumbs.SIZES:
+            raise HTTPException(400, f"thumbnail size must be one of {list(thumbs.SIZES)}")
+        rec = image_record(lib, image_id)
+        sha = rec["sha256"]
+        # A URL carrying the content version never changes meaning: cache it for good.
+        cache = "private, max-age=31536000, immutable" if v == sha[:16] else "private, no-cache"
+        headers = {"ETag": f'"{sha[:32]}-{size}"', "Cache-Control": cache}
+        if _not_modified(request, headers["ETag"]):
+            return Response(status_code=304, headers=headers)
+        path = thumbs.thumbnail(lib, sha, safe_file(lib, rec), size)
+        return FileResponse(path, media_type="image/jpeg", headers=headers)
+
+    @app.get("/api/images/{image_id}/file", tags=["images"],
+             responses={200: {"content": {"image/*": {}}}, 304: {}})
+    def original(request: Request, image_id: ImageId) -> Response:
+        rec = image_record(lib, image_id)
+        headers = {"ETag": f'"{rec["sha256"][:32]}"', "Cache-Control": "private, no-cache"}
+        if _not_modified(request, headers["ETag"]):
+            return Response(status_code=304, headers=headers)
+        path = safe_file(lib, rec)
+        return FileResponse(path, media_type=media_type(rec), headers=headers,
+                            filename=Path(rec["path"]).name, content_disposition_type="inline")
+
+    # --- library ------------------------------------------------------------------------------
+    @app.get("/api/health", tags=["library"])
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "version": loupe.__version__, "searchable": len(lib.snapshot()),
+                "indexing": indexer.running}
+
+    @app.get("/api/stats", tags=["library"])
+    def stats() -> dict[str, Any]:
+        info = lib.stats()
+        info["error_list"] = info["error_list"][:_STATS_ERROR_LIST]
+        info["searchable"] = len(lib.snapshot())
+        info["indexing"] = indexer.status()
+        return jsonable_encoder(info)
+
+    @app.get("/api/index", tags=["index"])
+    def index_status() -> dict[str, Any]:
+        """The background re-index: state, done, total, left; and the catalog's counts."""
+        return {**indexer.status(), **lib.catalog.counts(), "searchable": len(lib.snapshot())}
+
+    @app.post("/api/index", tags=["index"], status_code=202, dependencies=[Admin])
+    def index_start() -> dict[str, Any]:
+        """Start an incremental re-index in the background (needs the admin token)."""
+        if not indexer.start():
+            raise HTTPException(409, "a re-index is already running")
+        return indexer.status()
+
+    @app.post("/api/index/stop", tags=["index"], dependencies=[Admin])
+    def index_stop() -> dict[str, Any]:
+        """Stop the re-index after the batch in flight; committed batches stay."""
+        if not indexer.stop():
+            raise HTTPException(409, "no re-index is running")
+        return indexer.status()
+
+    # --- the page -----------------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+class SearchParams:
+    """Query-string parameters shared by both search endpoints."""
+
+    def __init__(
+        self,
+        q: Annotated[str | None, Query(max_length=1000, description="Text query, or the edit applied to the image.")] = None,
+        like: Annotated[int | None, Query(ge=1, le=MAX_ID, description="Id of an indexed image: more like this.")] = None,
+        weight: Annotated[float, Query(ge=0, le=1, description="Image + text: weight of the image (1 = image only).")] = 0.5,
+        k: Annotated[int, Query(ge=1, le=MAX_K, description="Results per page.")] = DEFAULT_K,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Results to skip (paging).")] = 0,
+        folder: Annotated[str | None, Query(max_length=1000, description="Only under this folder (relative to the root).")] = None,
+        since: Annotated[str | None, Query(description="Taken on or after (YYYY-MM-DD).")] = None,
+        until: Annotated[str | None, Query(description="Taken on or before (YYYY-MM-DD).")] = None,
+        type: Annotated[list[str] | None, Query(description="Only these formats: jpeg, png, ...")] = None,
+    ):
+        self.q = q.strip() if q and q.strip() else None
+        self.like, self.weight, self.k, self.offset = like, weight, k, offset
+        self.filters = Filters(folder=(folder or "").strip("/") or None,
+                               since=_date(since, "since"), until=_date(until, "until"),
+                               types=tuple(_format(t) for t in type or () if t))
+
+
+def _page(lib: Library, p: SearchParams, **query: Any) -> dict[str, Any]:
+    started = time.perf_counter()
+    # One extra result says whether another page exists.
+    hits = lib.search(**query, k=p.offset + p.k + 1, filters=p.filters)
+    page = hits[p.offset:p.offset + p.k]
+    records = lib.catalog.records([h.id for h in page])
+    results = []
+    for rank, h in enumerate(page, p.offset + 1):
+        d = h.to_dict()
+        del d["path"]  # the server's own paths are none of the client's business
+        results.append({**d, "rank": rank, **_urls(records[h.id])})
+    return {"offset": p.offset, "k": p.k, "has_more": len(hits) > p.offset + p.k,
+            "results": results, "took_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+
+def _urls(rec: dict[str, Any]) -> dict[str, str]:
+    base = f"/api/images/{rec['id']}"
+    version = (rec.get("sha256") or "")[:16]
+    return {"url": base, "thumb": f"{base}/thumb?v={version}", "large": f"{base}/thumb?size=1024&v={version}",
+            "file": f"{base}/file"}
+
+
+def _not_modified(request: Request, etag: str) -> bool:
+    wanted = request.headers.get("if-none-match")
+    if not wanted:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in wanted.split(",")]
+    return "*" in tags or etag in tags
+
+
+def _date(value: str | None, name: str) -> str | None:
+    if not value:
+        return None
+    try:
+        (datetime.fromisoformat if "T" in value else date.fromisoformat)(value)
+    except ValueError:
+        raise HTTPException(400, f"{name} wants a date like 2024-05-31, got {value!r}") from None
+    return value
+
+
+def _format(name: str) -> str:
+    upper = name.strip().lstrip(".").upper()
+    upper = FORMAT_ALIASES.get(upper, upper)
+    if upper not in ALLOWED_FORMATS:
+        raise HTTPException(400, f"unknown image type {name!r}; one of: "
+                            f"{', '.join(sorted(ALLOWED_FORMATS))}")
+    return upper
+
+
+def _decode_status(reason: str) -> int:
+    if reason.startswith(("too many pixels", "file too large")):
+        return 413
+    if reason.startswith(("not an image", "unsupported format")):
+        return 415
+    return 400
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error is JSON with an `error` message a person can read."""
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        parts = [f"{'.'.join(str(x) for x in e['loc'][1:]) or e['loc'][0]}: {e['msg']}" for e in errors]
+        details = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in errors]
+        return JSONResponse({"error": "; ".join(parts) or "invalid request", "details": details}, 422)
+
+    @app.exception_handler(QueryError)
+    async def query_error(_: Request, exc: QueryError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, 400)
+
+    @app.exception_handler(DecodeError)
+    async def decode_error(_: Request, exc: DecodeError) -> JSONResponse:
+        return JSONResponse({"error": f"could not use the image: {exc}"}, _decode_status(str(exc)))
+
+
+class _Watcher:
+    """Picks up commits made by other processes (a `loupe index` run in a terminal):
+    with auto-refresh off, nothing else would."""
+
+    def __init__(self, lib: Library, every: float = 5.0):
+        self.lib = lib
+        self.every = every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="loupe-watch", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                self.lib.refresh()
+            except Exception:
+                log.exception("snapshot refresh failed")
+        self.lib.catalog.close()

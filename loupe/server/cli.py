@@ -1,0 +1,102 @@
+"""`loupe serve`: the web page and the REST API, in one process."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from loupe.config import CATALOG_FILENAME, LIBRARY_DIRNAME
+from loupe.library import Library, LibraryError, find_library
+
+LOOPBACK_NAMES = ["127.0.0.1", "localhost"]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+
+
+def serve(
+    library: Annotated[Path | None, typer.Argument(
+        help="Library folder (e.g. ~/Pictures/.loupe) or the folder holding it. "
+        "Default: the nearest .loupe at or above here.", show_default=False)] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on. 0.0.0.0 makes it reachable "
+                                      "from other machines.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
+    token: Annotated[str | None, typer.Option(
+        envvar="LOUPE_TOKEN", help="Admin token for the endpoints that change the library. "
+        "Default: the one stored in the library folder (made on first run).",
+        show_default=False)] = None,
+    max_upload_mb: Annotated[float, typer.Option(min=0.01, help="Largest query image accepted, MiB.")] = 20.0,
+    max_upload_mp: Annotated[float, typer.Option(min=0.01, help="Largest query image accepted, megapixels.")] = 50.0,
+    allowed_host: Annotated[list[str] | None, typer.Option(
+        help="Host name clients may use (repeatable). Default: loopback names when --host is "
+        "loopback, else any.", show_default=False)] = None,
+    reindex: Annotated[bool, typer.Option("--reindex", help="Start an incremental re-index "
+                                          "in the background right away.")] = False,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
+) -> None:
+    """Serve the library: a search page in the browser and a JSON API (docs at /api/docs).
+
+    `loupe serve ~/Pictures/.loupe` listens on 127.0.0.1:8000; add `--host 0.0.0.0` to be
+    reachable from the network.
+    """
+    import uvicorn
+
+    from loupe.server.app import create_app
+    from loupe.server.auth import TOKEN_FILENAME, load_or_create_token
+
+    lib = Library.open(_library_path(library), device=device, create=False)
+    token_source = "from --token / LOUPE_TOKEN"
+    if not token:
+        token = load_or_create_token(lib.path)
+        token_source = f"stored in {lib.path / TOKEN_FILENAME}"
+    _ = lib.encoder  # load (and check) the model before the first request waits for it
+    app = create_app(lib, token, max_upload_bytes=int(max_upload_mb * 2**20),
+                     max_upload_pixels=int(max_upload_mp * 1e6),
+                     allowed_hosts=allowed_host or _default_hosts(host))
+    if reindex:
+        app.state.indexer.start()
+
+    out = Console(stderr=True, highlight=False)
+    shown = f"[{host}]" if ":" in host else host
+    out.print(f"[bold]Loupe[/] serving {lib.path} ({len(lib.snapshot())} images)")
+    out.print(f"  page:  [link]http://{shown}:{port}/[/link]    API docs: http://{shown}:{port}/api/docs")
+    out.print(f"  admin token ({token_source}): [bold]{token}[/]")
+    if not _is_loopback(host):
+        out.print("[yellow]warning[/]: listening beyond this machine: anyone who can reach it can "
+                  "search and view these images (changes still need the token).")
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
+def _library_path(given: Path | None) -> Path:
+    if given is None:
+        found = find_library()
+        if found is None:
+            raise LibraryError("no library here or in any folder above; pass its folder, "
+                               "e.g. `loupe serve ~/Pictures/.loupe`")
+        return found
+    given = given.expanduser()
+    if not (given / CATALOG_FILENAME).is_file() and (given / LIBRARY_DIRNAME / CATALOG_FILENAME).is_file():
+        return given / LIBRARY_DIRNAME
+    return given
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _default_hosts(host: str) -> list[str] | None:
+    """Loopback servers answer only to loopback names: a web page that rebinds its own
+    domain to 127.0.0.1 (DNS rebinding) then cannot read the library."""
+    if not _is_loopback(host) or ":" in host:
+        return None  # IPv6 Host headers ([::1]:8000) do not fit Starlette's host check
+    return sorted({*LOOPBACK_NAMES, host})
