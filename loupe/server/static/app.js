@@ -87,6 +87,7 @@ async function runSearch(reset = true) {
     if (generation === state.generation) {
       state.loading = false;
       $("more").hidden = !state.hasMore;
+      watchSentinel();
     }
   }
 }
@@ -274,10 +275,19 @@ $("search-form").addEventListener("submit", (event) => {
 $("filter-form").addEventListener("submit", (event) => { event.preventDefault(); runSearch(); });
 $("filter-form").addEventListener("reset", () => setTimeout(() => runSearch(), 0));
 $("more").addEventListener("click", () => runSearch(false));
-if ("IntersectionObserver" in window) {
-  new IntersectionObserver((entries) => {
+// Infinite scroll: load the next page when the end of the list comes near.
+const scrollObserver = "IntersectionObserver" in window
+  ? new IntersectionObserver((entries) => {
     if (entries.some((e) => e.isIntersecting) && state.hasMore) runSearch(false);
-  }, { rootMargin: "400px" }).observe($("sentinel"));
+  }, { rootMargin: "400px" })
+  : null;
+
+function watchSentinel() {
+  // Observing afresh reports the current state at once: a page that did not fill the
+  // screen (the end is still in view, so no change would ever be reported) loads the next.
+  if (!scrollObserver) return;
+  scrollObserver.unobserve($("sentinel"));
+  scrollObserver.observe($("sentinel"));
 }
 
 // --- keyboard -------------------------------------------------------------------------------

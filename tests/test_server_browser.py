@@ -1,0 +1,253 @@
+"""The search page in a real browser: headless Chromium (Debian's) against a live server."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import uvicorn
+from PIL import Image
+
+from loupe.library import Library
+from loupe.server import create_app
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("LOUPE_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+TOKEN = "browser-test-token"
+TIMEOUT_MS = 15_000
+
+
+def make_image(path: Path, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    hue = rng.random(3) * 255
+    blocks = np.clip(hue + (rng.random((6, 8, 3)) - 0.5) * 160, 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(blocks).resize((160, 120), Image.NEAREST).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+    root = tmp_path_factory.mktemp("serve-browser") / "photos"
+    for i in range(40):
+        make_image(root / ("trips" if i % 2 else "home") / f"img{i:02d}.{'jpg' if i % 3 else 'png'}", i)
+    lib = Library.open(root / ".loupe", model="loupe-tiny:random", device="cpu")
+    lib.index()
+    app = create_app(lib, TOKEN, allowed_hosts=["127.0.0.1"])
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # a free port, held until uvicorn takes the socket over
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    end = time.monotonic() + 30
+    while not srv.started:
+        assert thread.is_alive() and time.monotonic() < end, "uvicorn did not start"
+        time.sleep(0.05)
+    yield SimpleNamespace(url=f"http://127.0.0.1:{port}", root=root, lib=lib)
+    srv.should_exit = True
+    thread.join(timeout=30)
+    sock.close()
+    lib.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
+        pytest.fail(f"Chromium not found at {CHROMIUM}: the browser tests need it. Install Debian's "
+                    "package (`apt-get install chromium`; .ci/run does) or point LOUPE_CHROMIUM at one.",
+                    pytrace=False)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server, request):
+    # Short enough that one page of results (30) does not reach the infinite-scroll margin.
+    context = browser.new_context(viewport={"width": 1200, "height": 600})
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    console_errors: list[str] = []
+    pg.on("pageerror", lambda exc: console_errors.append(str(exc)))
+    pg.goto(server.url + "/")
+    yield pg
+    ARTIFACTS.mkdir(exist_ok=True)
+    pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+    context.close()
+    assert console_errors == [], console_errors  # no uncaught JS errors on the page
+
+
+def result_paths(pg) -> list[str]:
+    return pg.locator("#results li img").evaluate_all("els => els.map(e => e.alt)")
+
+
+def test_text_query_shows_results_and_status(page, server):
+    from playwright.sync_api import expect
+
+    expect(page.locator("#status")).to_contain_text("40 images searchable")
+    page.keyboard.press("/")  # the shortcut focuses the search box
+    expect(page.locator("#q")).to_be_focused()
+    page.keyboard.type("a red bicycle")
+    page.keyboard.press("Enter")
+    expect(page.locator("#results li")).to_have_count(30)
+    expect(page.locator("#summary")).to_contain_text("results for “a red bicycle”")
+    first = page.locator("#results li img").first
+    expect(first).to_have_attribute("alt", server.lib.search("a red bicycle", k=1)[0].meta["rel_path"])
+    page.wait_for_function("() => [...document.querySelectorAll('#results img')].slice(0, 6)"
+                           ".every(i => i.complete && i.naturalWidth > 0)")
+    # the next page comes by scrolling (or by the Load more button)
+    assert page.evaluate("() => document.getElementById('sentinel').getBoundingClientRect().top"
+                         " - innerHeight") > 400
+    expect(page.locator("#results li")).to_have_count(30)
+    page.locator("#sentinel").scroll_into_view_if_needed()
+    expect(page.locator("#results li")).to_have_count(40)
+    expect(page.locator("#more")).to_be_hidden()
+    assert len(set(result_paths(page))) == 40
+
+
+def test_filters_narrow_the_results(page):
+    from playwright.sync_api import expect
+
+    page.fill("#q", "anything")
+    page.press("#q", "Enter")
+    expect(page.locator("#results li")).to_have_count(30)
+    page.click("#filters summary")
+    page.fill("#f-folder", "trips")
+    page.select_option("#f-type", "png")
+    page.click("#filter-form button[type=submit]")
+    expect(page.locator("#results li")).to_have_count(7)  # odd i below 40 with i % 3 == 0
+    assert all(p.startswith("trips/") and p.endswith(".png") for p in result_paths(page))
+
+
+def test_chosen_image_finds_itself_first(page, server):
+    from playwright.sync_api import expect
+
+    target = server.root / "trips" / "img07.jpg"
+    page.set_input_files("#file", str(target))
+    expect(page.locator("#query-image")).to_be_visible()
+    expect(page.locator("#results li").first.locator("img")).to_have_attribute("alt", "trips/img07.jpg")
+    expect(page.locator("#results li .score").first).to_contain_text("1.000")
+
+
+def test_dropped_image_finds_itself_then_this_but_text(page, server):
+    from playwright.sync_api import expect
+
+    data = base64.b64encode((server.root / "home" / "img12.png").read_bytes()).decode()
+    page.evaluate(
+        """(b64) => {
+            const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], "dropped.png", { type: "image/png" }));
+            for (const type of ["dragenter", "dragover", "drop"]) {
+                document.body.dispatchEvent(new DragEvent(type, { dataTransfer: dt, bubbles: true, cancelable: true }));
+            }
+        }""", data)
+    expect(page.locator("#results li").first.locator("img")).to_have_attribute("alt", "home/img12.png")
+    expect(page.locator("#dropzone")).to_be_hidden()
+    expect(page.locator("#query-preview")).to_have_attribute("alt", "Your query image: dropped.png")
+
+    # "this, but ...": all weight on the text gives the text query's ranking
+    page.fill("#edit", "at night")
+    page.locator("#weight").fill("0")
+    expect(page.locator("#weight-out")).to_have_text("0.00")
+    page.press("#edit", "Enter")
+    expected = server.lib.search("at night", k=1)[0].meta["rel_path"]
+    expect(page.locator("#results li").first.locator("img")).to_have_attribute("alt", expected)
+    page.click("#clear-image")
+    expect(page.locator("#query-image")).to_be_hidden()
+
+
+def test_open_result_then_more_like_this(page, server):
+    from playwright.sync_api import expect
+
+    page.fill("#q", "a lighthouse")
+    page.press("#q", "Enter")
+    first = page.locator("#results li button").first
+    expect(first).to_be_visible()
+    opened = first.locator("img").get_attribute("alt")
+    first.focus()
+    page.keyboard.press("Enter")  # keyboard opens the large view
+    dialog = page.locator("#viewer")
+    expect(dialog).to_be_visible()
+    expect(page.locator("#viewer-title")).to_have_text(opened.split("/")[-1])
+    expect(page.locator("#viewer-meta")).to_contain_text("160 × 120")
+    expect(page.locator("#more-like")).to_be_focused()
+    page.wait_for_function("() => document.getElementById('viewer-img').naturalWidth > 0")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "viewer.png"))
+
+    page.keyboard.press("Escape")
+    expect(dialog).to_be_hidden()
+    expect(first).to_be_focused()  # focus returns to the result that opened it
+    first.click()
+    page.click("#more-like")
+    expect(dialog).to_be_hidden()
+    image_id = server.lib.catalog.id_of_path(opened)
+    expected = [h.meta["rel_path"] for h in server.lib.search(like=image_id, k=30)]
+    expect(page.locator("#results li")).to_have_count(30)
+    assert result_paths(page) == expected and opened not in expected
+    expect(page.locator("#query-preview")).to_have_attribute("alt", f"Query image: {opened}")
+
+
+def test_bad_upload_shows_a_readable_error(page, tmp_path):
+    from playwright.sync_api import expect
+
+    bogus = tmp_path / "notes.jpg"
+    bogus.write_text("these are my notes, not a photo")
+    page.set_input_files("#file", str(bogus))
+    alert = page.get_by_role("alert")
+    expect(alert).to_be_visible()
+    expect(alert).to_contain_text("not an image")
+    expect(page.locator("#results li")).to_have_count(0)
+
+
+def test_reindex_needs_the_token_and_reports_progress(page, server):
+    from playwright.sync_api import expect
+
+    page.click("#admin summary")
+    page.fill("#token", "wrong")
+    page.click("#reindex")
+    expect(page.get_by_role("alert")).to_contain_text("admin token")
+    make_image(server.root / "trips" / "new.jpg", 1234)
+    page.fill("#token", TOKEN)
+    page.click("#reindex")
+    expect(page.locator("#status")).to_contain_text("41 images searchable")
+    expect(page.locator("#status")).to_contain_text("1 added")
+    expect(page.get_by_role("alert")).to_be_hidden()
+
+
+def test_phone_sized_screen(browser, server):
+    from playwright.sync_api import expect
+
+    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2,
+                                  is_mobile=True, has_touch=True)
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    pg.goto(server.url + "/")
+    pg.fill("#q", "a beach")
+    pg.press("#q", "Enter")
+    expect(pg.locator("#results li")).to_have_count(30)
+    # nothing overflows sideways, and tiles sit at least three to a row
+    assert pg.evaluate("() => document.documentElement.scrollWidth") <= 390
+    boxes = [pg.locator("#results li").nth(i).bounding_box() for i in range(3)]
+    assert len({round(b["y"]) for b in boxes}) == 1 and boxes[2]["x"] + boxes[2]["width"] <= 390
+    ARTIFACTS.mkdir(exist_ok=True)
+    pg.screenshot(path=str(ARTIFACTS / "phone.png"))
+    context.close()
