@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -21,6 +21,7 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperGroup
 
 from loupe.config import LIBRARY_DIRNAME, Filters, IndexOptions
 from loupe.decode import DecodeError
@@ -28,16 +29,31 @@ from loupe.encoders import ModelError
 from loupe.library import Library, LibraryError, find_library
 from loupe.query import QueryError, looks_like_expr, parse_box
 
+err = Console(stderr=True)
+USER_ERRORS = (LibraryError, QueryError, ModelError, DecodeError, FileNotFoundError, KeyError)
+
+
+class _Group(TyperGroup):
+    """Every command's user errors become one red line and exit code 2, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as exc:
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            err.print(f"[bold red]error:[/] {message}", highlight=False)
+            raise typer.Exit(2) from None
+
+
 app = typer.Typer(
     name="loupe",
+    cls=_Group,
     help="Search your images by text, by example, or both.\n\n"
     "Start with `loupe index FOLDER`, then `loupe search \"a dog on a beach\"` from inside it.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
 )
-err = Console(stderr=True)
-USER_ERRORS = (LibraryError, QueryError, ModelError, DecodeError, FileNotFoundError)
 
 # Options shared by several commands.
 LibraryOpt = Annotated[Path | None, typer.Option(
@@ -56,11 +72,6 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts in
 class _RateColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         return Text(f"{task.speed:.1f} img/s" if task.speed else "- img/s", style="cyan")
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code)
 
 
 def _open(library: Path | None, model: str | None, weights: Path | None, device: str,
@@ -282,14 +293,7 @@ _register_serve(app)
 
 
 def main() -> None:
-    try:
-        app()
-    except USER_ERRORS as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
-        sys.exit(2)
-    except KeyError as exc:
-        err.print(f"[bold red]error:[/] {exc.args[0] if exc.args else exc}", highlight=False)
-        sys.exit(2)
+    app()
 
 
 if __name__ == "__main__":

@@ -51,8 +51,24 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def cli(*args: str, cwd: Path | None = None):
+    """Run `loupe ...` in this process (fast: torch is imported once). Returns the
+    click Result: exit_code, stdout, stderr."""
+    from typer.testing import CliRunner
+
+    from loupe.cli import app
+
+    old = Path.cwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        return CliRunner().invoke(app, list(args), catch_exceptions=False)
+    finally:
+        os.chdir(old)
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 120):
-    """Run `loupe ...` in a subprocess, as a user would."""
+    """Run `loupe ...` in a subprocess, as a user would (slow: a fresh torch import)."""
     import subprocess
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
