@@ -162,3 +162,24 @@ def test_rerank_chain_reorders_head_keeps_tail():
     ids, _ = ranked_with_rerank(lambda: Query(vector=np.zeros(3)), scores, None, [r], 4, exclude=[1])
     assert ids.tolist() == [0, 4, 2, 3]
     assert r.seen == [3, 4]
+
+
+def test_cli_json_and_missing_data(roxford, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from loupe.eval.cli import register
+
+    app = typer.Typer()
+    register(app)
+    common = ["--model", "loupe-tiny:random", "--device", "cpu", "--quiet", "--cache-dir", str(tmp_path / "c")]
+    res = CliRunner().invoke(app, ["eval", "roxford5k", "--data", str(roxford), "--json",
+                                   "--out", str(tmp_path / "r.json"), *common])
+    assert res.exit_code == 0, res.output
+    printed = json.loads(res.stdout)
+    assert set(printed["metrics"]) >= {"mAP_E", "mAP_M", "mAP_H", "mP@10_H"}
+    assert printed["config"]["model"]["model"] == "loupe-tiny:random"
+    assert json.loads((tmp_path / "r.json").read_text())["metrics"] == printed["metrics"]
+    res = CliRunner().invoke(app, ["eval", "rparis6k", "--data", str(tmp_path / "nowhere"), *common])
+    assert res.exit_code == 2
+    assert "does not exist" in res.output and "revisitop" in res.output

@@ -150,8 +150,6 @@ class Embedder:
                 im = im.crop(tuple(float(v) for v in boxes[i]))
             return enc.prepare(im)
 
-        import torch
-
         chunks: list[np.ndarray] = []
         batches = [range(s, min(s + bs, len(paths))) for s in range(0, len(paths), bs)]
         with ThreadPoolExecutor(max_workers=max(1, self.options.workers)) as pool, \
@@ -161,7 +159,8 @@ class Embedder:
             for b in range(len(batches)):
                 tensors = [f.result() for f in pending]
                 pending = [pool.submit(prepare, i) for i in batches[b + 1]] if b + 1 < len(batches) else []
-                chunks.append(enc.encode_pixels(torch.stack(tensors)))
+                # prepare() gives CHW float32 arrays (a CPU tensor converts the same way)
+                chunks.append(enc.encode_pixels(np.stack([np.asarray(t) for t in tensors])))
                 advance(len(tensors))
         if not chunks:
             return np.zeros((0, enc.dim), np.float32)
@@ -250,17 +249,22 @@ def load_rerankers(spec: str | None) -> list[Any]:
 
 def ranked_with_rerank(query_factory: Callable[[], Query], scores: np.ndarray, store: Any,
                        rerankers: Sequence[Any], depth: int | None,
-                       exclude: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
+                       exclude: Sequence[int] = (), ids: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
     """Full ranking of one query's `scores` (best first), reranked when a chain is given.
 
     Returns (ids, scores) in final order; reranked scores in the head, first-stage in the tail.
+    `ids` maps score positions to the store's ids (default: the positions themselves);
     `exclude` ids are dropped from the ranking (e.g. the query image itself).
     """
     scores = np.asarray(scores, dtype=np.float32).copy()
-    ranking = rank_all(scores)[0]
+    order = rank_all(scores)[0]
+    ranking = order if ids is None else np.asarray(ids, dtype=np.int64)[order]
+    scores = scores[order]
     if len(exclude):
-        ranking = ranking[~np.isin(ranking, np.asarray(list(exclude), dtype=np.int64))]
-    ranked_scores = scores[ranking]
+        keep = ~np.isin(ranking, np.asarray(list(exclude), dtype=np.int64))
+        ranking, scores = ranking[keep], scores[keep]
+    ranked_scores = scores
     if not rerankers:
         return ranking, ranked_scores
     from loupe.rerank import apply

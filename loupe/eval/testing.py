@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
 
@@ -32,18 +31,18 @@ class ColorEncoder:
     def name(self) -> str:
         return self.identity["model"]
 
-    def prepare(self, image: Image.Image) -> torch.Tensor:
+    def prepare(self, image: Image.Image) -> np.ndarray:
         rgb = np.asarray(image.convert("RGB"), dtype=np.float32).reshape(-1, 3).mean(axis=0)
-        return torch.from_numpy(np.round(rgb / self.step) * self.step)
+        return np.round(rgb / self.step) * self.step
 
-    def encode_pixels(self, batch: torch.Tensor) -> np.ndarray:
+    def encode_pixels(self, batch: np.ndarray) -> np.ndarray:
         self.images_encoded += len(batch)
-        return _normalise(batch.numpy())
+        return _normalise(np.asarray(batch))
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         if not images:
             return np.zeros((0, 3), np.float32)
-        return self.encode_pixels(torch.stack([self.prepare(im) for im in images]))
+        return self.encode_pixels(np.stack([self.prepare(im) for im in images]))
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         self.texts_encoded += len(texts)
