@@ -183,3 +183,35 @@ def test_cli_json_and_missing_data(roxford, tmp_path):
     res = CliRunner().invoke(app, ["eval", "rparis6k", "--data", str(tmp_path / "nowhere"), *common])
     assert res.exit_code == 2
     assert "does not exist" in res.output and "revisitop" in res.output
+
+
+def _features():
+    X = np.zeros((8, 3))
+    for pos, item in enumerate(ORDER_A):
+        X[item] = [1.0, 0.1 * pos, 0.0]
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    return np.array([[1.0, 0, 0], [0, 0, 1.0]]), X
+
+
+@pytest.mark.parametrize("fmt", ["mat", "npz"])
+def test_precomputed_features_in_the_official_layout(roxford, tmp_path, fmt):
+    import shutil
+
+    from scipy.io import savemat
+
+    Q, X = _features()
+    path = tmp_path / f"roxford5k_feats.{fmt}"
+    if fmt == "mat":
+        savemat(path, {"Q": Q.T, "X": X.T})          # official example features: d x n columns
+    else:
+        np.savez(path, Q=Q, X=X)
+    shutil.rmtree(roxford / "roxford5k" / "jpg")      # no image is read
+    data = revisitop.load("roxford5k", roxford, check_images=False)
+    options = EvalOptions(cache_dir=tmp_path / "cache")
+    result = revisitop.evaluate(data, options, Embedder(options, encoder=object()), features=path)
+    assert result.metrics["mAP_M"] == pytest.approx(100 * (77 / 180 + 1) / 2)
+    assert result.metrics["mAP_H"] == pytest.approx(100 / 8)
+    assert result.config["model"]["model"] == f"features:{path.name}"
+    np.savez(tmp_path / "wrong.npz", Q=Q, X=X[:5])
+    with pytest.raises(DatasetError, match=r"do not fit 2 queries and 8 gallery images"):
+        revisitop.evaluate(data, options, features=tmp_path / "wrong.npz")

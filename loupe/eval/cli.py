@@ -55,6 +55,10 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the JSON results to
 CacheOpt = Annotated[Path | None, typer.Option("--cache-dir", help="Embedding cache. Default: "
                                                "$LOUPE_EVAL_CACHE or ~/.cache/loupe/eval.", show_default=False)]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write cached embeddings.")]
+FeaturesOpt = Annotated[Path | None, typer.Option(
+    "--features", help="Score precomputed vectors instead of a model: the official example .mat (Q: d x "
+    "queries, X: d x images) or a .npz with Q and X as rows. Images are then only read for --rerank and "
+    "the report.", show_default=False)]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 ReportQueriesOpt = Annotated[int, typer.Option("--report-queries", min=0,
                                                help="Queries shown with thumbnails in the report.")]
@@ -113,7 +117,7 @@ def _table(result: EvalResult) -> None:
 @eval_app.command("roxford5k")
 def roxford5k(data: DataOpt, distractors: Annotated[Path | None, typer.Option(
         "--distractors", help="revisitop1m folder (revisitop1m.txt + jpg/): evaluate +R1M.",
-        show_default=False)] = None,
+        show_default=False)] = None, features: FeaturesOpt = None,
         model: ModelOpt = DEFAULT_MODEL, weights: WeightsOpt = None, device: DeviceOpt = "auto",
         batch_size: BatchOpt = 64, rerank: RerankOpt = None, rerank_depth: DepthOpt = None,
         report: ReportOpt = None, out: OutOpt = None, as_json: JsonOpt = False, cache_dir: CacheOpt = None,
@@ -125,7 +129,7 @@ def roxford5k(data: DataOpt, distractors: Annotated[Path | None, typer.Option(
 @eval_app.command("rparis6k")
 def rparis6k(data: DataOpt, distractors: Annotated[Path | None, typer.Option(
         "--distractors", help="revisitop1m folder (revisitop1m.txt + jpg/): evaluate +R1M.",
-        show_default=False)] = None,
+        show_default=False)] = None, features: FeaturesOpt = None,
         model: ModelOpt = DEFAULT_MODEL, weights: WeightsOpt = None, device: DeviceOpt = "auto",
         batch_size: BatchOpt = 64, rerank: RerankOpt = None, rerank_depth: DepthOpt = None,
         report: ReportOpt = None, out: OutOpt = None, as_json: JsonOpt = False, cache_dir: CacheOpt = None,
@@ -134,13 +138,17 @@ def rparis6k(data: DataOpt, distractors: Annotated[Path | None, typer.Option(
     _revisitop("rparis6k", **locals())
 
 
-def _revisitop(name: str, data: Path, distractors: Path | None, report: Path | None, out: Path | None,
-               as_json: bool, report_queries: int, **opts: Any) -> None:
+def _revisitop(name: str, data: Path, distractors: Path | None, features: Path | None, report: Path | None,
+               out: Path | None, as_json: bool, report_queries: int, **opts: Any) -> None:
     from loupe.eval import revisitop
 
     options = _options(report_queries=report_queries, **opts)
-    _run(name, lambda: revisitop.evaluate(revisitop.load(name, data, distractors), options),
-         report, out, as_json, report_queries)
+
+    def compute() -> EvalResult:
+        ds = revisitop.load(name, data, distractors, check_images=features is None)
+        return revisitop.evaluate(ds, options, features=features)
+
+    _run(name, compute, report, out, as_json, report_queries)
 
 
 @eval_app.command("gldv2")

@@ -384,7 +384,7 @@ def weights_checksum(identity: dict[str, Any]) -> str | None:
     source = str(identity.get("source") or "")
     if source.startswith("sha256:"):
         return source.split(":", 1)[1]
-    if source.startswith("random:"):
+    if source.startswith("random:") or source == "precomputed":
         return None
     try:
         import huggingface_hub
@@ -408,9 +408,14 @@ def weights_checksum(identity: dict[str, Any]) -> str | None:
 
 
 def base_config(protocol: str, options: EvalOptions, embedder: Embedder, dataset: dict[str, Any],
-                rerankers: Sequence[Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The full configuration block of a result: enough to reproduce the number."""
-    identity = dict(embedder.encoder.identity)
+                rerankers: Sequence[Any], extra: dict[str, Any] | None = None,
+                identity: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The full configuration block of a result: enough to reproduce the number.
+
+    `identity` replaces the encoder's when the vectors were not made by one
+    (precomputed features); the encoder is then never loaded.
+    """
+    identity = dict(identity if identity is not None else embedder.encoder.identity)
     return {
         "protocol": protocol,
         "model": identity,

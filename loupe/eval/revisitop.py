@@ -163,19 +163,61 @@ def _load_distractors(d: Path, check_images: bool) -> tuple[Path, list[str]]:
     return d, rel
 
 
-def evaluate(data: RevisitopData, options: EvalOptions, embedder: Embedder | None = None) -> EvalResult:
-    """mAP (E/M/H) and mP@1/5/10 of the model in `options` on a loaded dataset."""
+def load_features(path: Path | str, data: RevisitopData) -> tuple[np.ndarray, np.ndarray]:
+    """Precomputed (Q, X) as rows: a .mat in the official layout (Q: d x nq, X: d x n, as
+    revisitop's example features) or a .npz with arrays Q [nq, d] and X [n, d]."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DatasetError(f"features file {path} does not exist")
+    if path.suffix == ".mat":
+        try:
+            from scipy.io import loadmat
+        except ImportError as exc:
+            raise DatasetError(f"{path} is a .mat file: install scipy, or save Q and X in a .npz") from exc
+        mat = loadmat(str(path))
+        if "Q" not in mat or "X" not in mat:
+            raise DatasetError(f"{path}: needs arrays Q (d x queries) and X (d x images)")
+        Q, X = np.asarray(mat["Q"]).T, np.asarray(mat["X"]).T
+    elif path.suffix == ".npz":
+        with np.load(path) as z:
+            if "Q" not in z or "X" not in z:
+                raise DatasetError(f"{path}: needs arrays Q [queries, d] and X [images, d]")
+            Q, X = z["Q"], z["X"]
+    else:
+        raise DatasetError(f"{path}: features must be a .mat (official layout) or .npz file")
+    n = len(data.imlist) + len(data.distractors)
+    if Q.shape[0] != len(data.qimlist) or X.shape[0] != n or Q.shape[1] != X.shape[1]:
+        raise DatasetError(f"{path}: Q {Q.shape} and X {X.shape} do not fit {len(data.qimlist)} queries and "
+                           f"{n} gallery images of {data.name}")
+    return np.ascontiguousarray(Q, np.float32), np.ascontiguousarray(X, np.float32)
+
+
+def evaluate(data: RevisitopData, options: EvalOptions, embedder: Embedder | None = None,
+             features: Path | str | None = None) -> EvalResult:
+    """mAP (E/M/H) and mP@1/5/10 of the model in `options` on a loaded dataset.
+
+    With `features` (see load_features) the given vectors are scored as they
+    are (not re-normalised) and no model is loaded: the way to check the
+    protocol against the official example features.
+    """
     embedder = embedder or Embedder(options)
     gallery_rel = [f"{im}.jpg" for im in data.imlist]
-    X = embedder.images(data.image_dir, gallery_rel, description=f"{data.name}: gallery")
     gallery_paths = [data.image_dir / r for r in gallery_rel]
     if data.distractor_root is not None:
-        D = embedder.images(data.distractor_root, data.distractors, description="revisitop1m: distractors")
-        X = np.concatenate([X, D])
         gallery_paths += [data.distractor_root / r for r in data.distractors]
     boxes = [tuple(g["bbx"]) for g in data.gnd]
-    Q = embedder.images(data.image_dir, [f"{q}.jpg" for q in data.qimlist], boxes=boxes,
-                        description=f"{data.name}: queries (cropped)")
+    identity = None
+    if features is not None:
+        Q, X = load_features(features, data)
+        identity = {"model": f"features:{Path(features).name}", "source": "precomputed",
+                    "features_sha256": annotation_digest([Path(features).expanduser()]), "dim": int(X.shape[1])}
+    else:
+        X = embedder.images(data.image_dir, gallery_rel, description=f"{data.name}: gallery")
+        if data.distractor_root is not None:
+            D = embedder.images(data.distractor_root, data.distractors, description="revisitop1m: distractors")
+            X = np.concatenate([X, D])
+        Q = embedder.images(data.image_dir, [f"{q}.jpg" for q in data.qimlist], boxes=boxes,
+                            description=f"{data.name}: queries (cropped)")
 
     rerankers = load_rerankers(options.rerank)
     store = InMemoryStore(gallery_paths, X, embedder.cache.root) if rerankers else None
@@ -237,7 +279,7 @@ def evaluate(data: RevisitopData, options: EvalOptions, embedder: Embedder | Non
     }
     config = base_config(data.name, options, embedder, dataset_info, rerankers,
                          {"protocol_details": {"query_crop": "bbx", "junk": "removed before scoring",
-                                               "kappas": list(KAPPAS)}})
+                                               "kappas": list(KAPPAS)}}, identity=identity)
     return EvalResult(data.name, metrics, config, records, curves, per_query_metric="AP_M")
 
 
