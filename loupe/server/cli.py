@@ -38,6 +38,9 @@ def serve(
     reindex: Annotated[bool, typer.Option("--reindex", help="Start an incremental re-index "
                                           "in the background right away.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
+    threads: Annotated[int | None, typer.Option(
+        min=1, help="CPU threads per model call (torch intra-op). Default: torch's, one per core.",
+        show_default=False)] = None,
 ) -> None:
     """Serve the library: a search page in the browser and a JSON API (docs at /api/docs).
 
@@ -49,6 +52,10 @@ def serve(
     from loupe.server.app import create_app
     from loupe.server.auth import TOKEN_FILENAME, load_or_create_token
 
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     lib = Library.open(_library_path(library), device=device, create=False)
     token_source = "from --token / LOUPE_TOKEN"
     if not token:

@@ -94,7 +94,9 @@ async function runSearch(reset = true) {
 
 function summaryText(count, more, tookMs) {
   if (count === 0) return "No results.";
-  const what = state.image ? "your image" : state.likeId !== null ? "the chosen image" : `“${state.text}”`;
+  const edit = $("edit").value.trim();
+  let what = state.image ? "your image" : state.likeId !== null ? "the chosen image" : `“${state.text}”`;
+  if ((state.image || state.likeId !== null) && edit) what += ` + “${edit}”`;
   return `${count}${more ? "+" : ""} results for ${what} (${Math.round(tookMs)} ms).`;
 }
 
@@ -319,15 +321,16 @@ async function pollStatus() {
     if (s.errors) parts.push(`${fmt.format(s.errors)} unreadable`);
     if (s.running) {
       delay = 1500;
-      if (s.total === null) parts.push("re-index: scanning for changes…");
-      else parts.push(`re-index ${s.state}: ${fmt.format(s.done)} of ${fmt.format(s.total)} files (${fmt.format(s.left)} left)`);
+      const stopping = s.state === "stopping" ? ", stopping after this batch" : "";
+      if (s.total === null) parts.push(`updating the index: looking for changes${stopping}…`);
+      else parts.push(`updating the index: ${fmt.format(s.done)} of ${fmt.format(s.total)} files (${fmt.format(s.left)} left)${stopping}`);
     } else if (s.state === "stopped") {
-      parts.push("re-index stopped (finished batches kept)");
+      parts.push("index update stopped (finished batches kept)");
     } else if (s.state === "failed") {
-      parts.push(`re-index failed: ${s.error}`);
+      parts.push(`index update failed: ${s.error}`);
     } else if (s.state === "done" && s.report) {
       const r = s.report;
-      parts.push(`re-indexed: ${r.added} added, ${r.updated} updated, ${r.removed} removed`);
+      parts.push(`index updated: ${r.added} added, ${r.updated} updated, ${r.removed} removed`);
     }
     $("status").textContent = parts.join(" · ");
   } catch (err) {
