@@ -194,6 +194,34 @@ def test_filters(env):
     assert "type" in error_of(env.client.get("/api/search", params={"q": "x", "type": "exe"}), 400)
 
 
+def test_rerank_by_name_only(env):
+    plain = env.client.get("/api/search", params={"q": "stairs", "k": 10}).json()["results"]
+    r = env.client.get("/api/search", params={"q": "stairs", "k": 10, "rerank": "superglobal"})
+    assert r.status_code == 200, r.text
+    reranked = r.json()["results"]
+    # superglobal re-scores the head it is given; with M >= the whole library, same set of ids
+    assert len(reranked) == 10 and [h["rank"] for h in reranked] == list(range(1, 11))
+    assert [h["score"] for h in reranked] != [h["score"] for h in plain]
+    assert env.client.get("/api/search", params={"q": "stairs", "rerank": "none"}).json()["results"][0] \
+        == env.client.get("/api/search", params={"q": "stairs"}).json()["results"][0]
+    for bad in ("bogus", "superglobal,bogus", "spatial:max_keypoints=99999999", "../qe"):
+        assert "reranker" in error_of(env.client.get("/api/search", params={"q": "x", "rerank": bad}), 400)
+
+
+def test_like_of_an_image_not_yet_in_the_snapshot_is_404(env):
+    """Committed by a re-index but not yet refreshed into the searchable snapshot."""
+    with env.lib.catalog.transaction() as db:
+        Catalog.put_image(db, "pending.jpg", 10, 0.0, sha="e" * 64, meta={"width": 8, "height": 8})
+        Catalog.put_vector(db, "e" * 64, np.ones(env.lib.encoder.dim, np.float32))
+    i = env.lib.catalog.id_of_path("pending.jpg")
+    try:
+        assert "not searchable yet" in error_of(env.client.get("/api/search", params={"like": i}), 404)
+    finally:
+        with env.lib.catalog.transaction() as db:
+            Catalog.delete_paths(db, ["pending.jpg"])
+            Catalog.drop_orphan_vectors(db)
+
+
 # --- bad uploads ------------------------------------------------------------------------------
 @pytest.mark.parametrize(("data", "status", "words"), [
     (b"hello, I am text", 415, "not an image"),

@@ -134,6 +134,10 @@ def test_filters_narrow_the_results(page):
     page.click("#filter-form button[type=submit]")
     expect(page.locator("#results li")).to_have_count(7)  # odd i below 40 with i % 3 == 0
     assert all(p.startswith("trips/") and p.endswith(".png") for p in result_paths(page))
+    page.select_option("#f-rerank", "superglobal")
+    with page.expect_response(lambda r: "rerank=superglobal" in r.url and r.status == 200):
+        page.click("#filter-form button[type=submit]")
+    expect(page.locator("#results li")).to_have_count(7)
 
 
 def test_chosen_image_finds_itself_first(page, server):

@@ -100,6 +100,8 @@ def create_app(lib: Library, token: str, *, max_upload_bytes: int = MAX_UPLOAD_B
         """By text (`q`), by an indexed image (`like`), or both (`like` + `q` as the edit)."""
         if p.like is not None:
             image_record(lib, p.like)
+            if len(lib.snapshot().positions([p.like])) == 0:
+                raise HTTPException(404, f"image {p.like} is not searchable yet: it is being indexed")
             return _page(lib, p, text=p.q, like=p.like, weight=p.weight)
         if not p.q or not p.q.strip():
             raise HTTPException(400, "empty query: give text (q), an indexed image id (like), "
@@ -115,7 +117,11 @@ def create_app(lib: Library, token: str, *, max_upload_bytes: int = MAX_UPLOAD_B
         data = image.file.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:
             raise HTTPException(413, f"image too large: the limit is {max_upload_bytes} bytes")
-        pixels = decode(data, max_pixels=max_upload_pixels, reduce_to=lib.encoder.image_size).image
+        # Decoded as the indexer decodes (so an indexed photo finds itself at score 1), unless
+        # a reranker looks at the query's pixels: then it gets them at full size.
+        full = any(getattr(r, "needs_pixels", False) for r in p.rerank or ())
+        pixels = decode(data, max_pixels=max_upload_pixels,
+                        reduce_to=None if full else lib.encoder.image_size).image
         return _page(lib, p, text=p.q, image=pixels, weight=p.weight)
 
     # --- images -------------------------------------------------------------------------------
@@ -210,18 +216,21 @@ class SearchParams:
         since: Annotated[str | None, Query(description="Taken on or after (YYYY-MM-DD).")] = None,
         until: Annotated[str | None, Query(description="Taken on or before (YYYY-MM-DD).")] = None,
         type: Annotated[list[str] | None, Query(description="Only these formats: jpeg, png, ...")] = None,
+        rerank: Annotated[str | None, Query(max_length=200, description="Rerank the head: a reranker name "
+                                            "or a chain, e.g. superglobal or superglobal,spatial.")] = None,
     ):
         self.q = q.strip() if q and q.strip() else None
         self.like, self.weight, self.k, self.offset = like, weight, k, offset
         self.filters = Filters(folder=(folder or "").strip("/") or None,
                                since=_date(since, "since"), until=_date(until, "until"),
                                types=tuple(_format(t) for t in type or () if t))
+        self.rerank = _rerankers(rerank)
 
 
 def _page(lib: Library, p: SearchParams, **query: Any) -> dict[str, Any]:
     started = time.perf_counter()
     # One extra result says whether another page exists.
-    hits = lib.search(**query, k=p.offset + p.k + 1, filters=p.filters)
+    hits = lib.search(**query, k=p.offset + p.k + 1, filters=p.filters, rerank=p.rerank)
     page = hits[p.offset:p.offset + p.k]
     records = lib.catalog.records([h.id for h in page])
     results = []
@@ -265,6 +274,21 @@ def _format(name: str) -> str:
         raise HTTPException(400, f"unknown image type {name!r}; one of: "
                             f"{', '.join(sorted(ALLOWED_FORMATS))}")
     return upper
+
+
+def _rerankers(spec: str | None) -> list[Any] | None:
+    """Reranker instances by name only: parameters stay at their defaults, so a request
+    cannot ask for, say, a million keypoints per image."""
+    names = [n.strip().lower() for n in (spec or "").split(",") if n.strip()]
+    if not names or names == ["none"]:
+        return None
+    from loupe.rerank import REGISTRY
+
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        raise HTTPException(400, f"unknown reranker {unknown[0]!r}; one of: {', '.join(REGISTRY)} "
+                            "(by name only: parameters are not taken over HTTP)")
+    return [REGISTRY[n]() for n in names]
 
 
 def _decode_status(reason: str) -> int:

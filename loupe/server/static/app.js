@@ -27,10 +27,12 @@ function filterParams(params) {
   const since = $("f-since").value;
   const until = $("f-until").value;
   const type = $("f-type").value;
+  const rerank = $("f-rerank").value;
   if (folder) params.set("folder", folder);
   if (since) params.set("since", since);
   if (until) params.set("until", until);
   if (type) params.set("type", type);
+  if (rerank) params.set("rerank", rerank);
   return params;
 }
 
