@@ -384,8 +384,8 @@ def weights_checksum(identity: dict[str, Any]) -> str | None:
     source = str(identity.get("source") or "")
     if source.startswith("sha256:"):
         return source.split(":", 1)[1]
-    if source.startswith("random:") or source == "precomputed":
-        return None
+    if ":" in source or source in ("", "precomputed"):
+        return None   # random weights, hub or folder models, test encoders: no single tagged file
     try:
         import huggingface_hub
         from open_clip import pretrained
