@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import stat
 import threading
 import time
@@ -27,6 +28,12 @@ TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 Y2020 = time.mktime((2020, 6, 1, 12, 0, 0, 0, 0, -1))
 Y2023 = time.mktime((2023, 6, 1, 12, 0, 0, 0, 0, -1))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def make_image(path: Path, seed: int, size: tuple[int, int] = (96, 72), when: float | None = None) -> Path:
@@ -501,3 +508,71 @@ def test_start_twice_is_409_and_stop_when_idle_is_409(fresh, monkeypatch):
     assert s["running"] and s["total"] == 10 and s["left"] == 9
     assert fresh.client.post("/api/index/stop", headers=AUTH).json()["state"] == "stopping"
     assert wait_idle(fresh.client)["state"] == "stopped"
+
+
+# --- the `loupe serve` command ----------------------------------------------------------------
+def test_serve_command_defaults(env, monkeypatch):
+    """Loopback by default, loopback Host names only, the token from LOUPE_TOKEN printed."""
+    import uvicorn
+
+    from loupe.cli import app
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app_, **kw: seen.update(app=app_, **kw))
+    monkeypatch.setenv("LOUPE_TOKEN", "from-the-environment")
+    result = CliRunner().invoke(app, ["serve", str(env.root), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert seen["host"] == "127.0.0.1" and seen["port"] == 8000
+    assert "http://127.0.0.1:8000/" in result.output and "from-the-environment" in result.output
+    client = TestClient(seen["app"], base_url="http://localhost:8000")
+    assert client.post("/api/index/stop", headers={"Authorization": "Bearer from-the-environment"}).status_code == 409
+    assert TestClient(seen["app"], base_url="http://rebound.example").get("/api/health").status_code == 400
+    assert not (env.lib.path / TOKEN_FILENAME).exists()  # an explicit token is not written down
+
+
+def test_serve_command_for_real(tmp_path):
+    """`loupe serve` as a user runs it: a token made and stored 0600, printed, and working."""
+    import re
+    import subprocess
+    import sys
+
+    import httpx
+
+    root = tmp_path / "photos"
+    for i in range(3):
+        make_image(root / f"p{i}.jpg", seed=700 + i)
+    lib = Library.open(root / ".loupe", model=MODEL, device="cpu")
+    lib.index()
+    lib.close()
+    port = free_port()
+    env_vars = {k: v for k, v in os.environ.items() if k != "LOUPE_TOKEN"}
+    proc = subprocess.Popen([sys.executable, "-m", "loupe.cli", "serve", str(root / ".loupe"),
+                             "--port", str(port), "--device", "cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env_vars,
+                            cwd=Path(__file__).resolve().parent.parent)
+    try:
+        lines = []
+        while not any("admin token:" in line for line in lines):
+            line = proc.stdout.readline()
+            assert line, "serve exited early:\n" + "".join(lines)
+            lines.append(line)
+        printed = "".join(lines)
+        token = re.search(r"admin token: (\S+)", printed).group(1)
+        stored = root / ".loupe" / TOKEN_FILENAME
+        assert stored.read_text().strip() == token and stat.S_IMODE(stored.stat().st_mode) == 0o600
+        assert f"http://127.0.0.1:{port}/" in printed
+        base = f"http://127.0.0.1:{port}"
+        end = time.monotonic() + 30
+        while True:
+            try:
+                health = httpx.get(f"{base}/api/health", timeout=5)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < end, "server did not answer"
+                time.sleep(0.1)
+        assert health.json()["searchable"] == 3
+        assert httpx.post(f"{base}/api/index").status_code == 401
+        assert httpx.post(f"{base}/api/index", headers={"Authorization": f"Bearer {token}"}).status_code == 202
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -68,11 +68,14 @@ def serve(
     if reindex:
         app.state.indexer.start()
 
-    out = Console(stderr=True, highlight=False)
+    out = Console(stderr=True, highlight=False, soft_wrap=True)  # no line breaks inside a URL or token
     shown = f"[{host}]" if ":" in host else host
-    out.print(f"[bold]Loupe[/] serving {lib.path} ({len(lib.snapshot())} images)")
-    out.print(f"  page:  [link]http://{shown}:{port}/[/link]    API docs: http://{shown}:{port}/api/docs")
-    out.print(f"  admin token ({token_source}): [bold]{token}[/]")
+    out.print(f"[bold]Loupe[/] serving {lib.path} ({len(lib.snapshot())} searchable images)")
+    out.print(f"  page:        http://{shown}:{port}/")
+    out.print(f"  API docs:    http://{shown}:{port}/api/docs")
+    out.print(f"  admin token: [bold]{token}[/]")
+    out.print(f"               ({token_source}; re-index and stop need "
+              "'Authorization: Bearer <token>')")
     if not _is_loopback(host):
         out.print("[yellow]warning[/]: listening beyond this machine: anyone who can reach it can "
                   "search and view these images (changes still need the token).")
