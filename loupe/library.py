@@ -298,12 +298,10 @@ class Library:
                                 need_pixels=any(getattr(r, "needs_pixels", False) for r in rerankers))
         depth = max([k] + [rerank_depth or r.depth for r in rerankers])
         cands = self.search_vector(query.vector, depth, filters, exclude=query.exclude_ids)
-        for r in rerankers:
-            m = min(rerank_depth or r.depth, len(cands))
-            head = r.rerank(query, cands.take(np.arange(m)), self)
-            tail = cands.take(np.arange(m, len(cands)))
-            cands = Candidates(np.concatenate([head.ids, tail.ids]),
-                               np.concatenate([head.scores, tail.scores]), head.boxes + tail.boxes)
+        if rerankers:
+            from loupe import rerank
+
+            cands = rerank.apply(rerankers, query, cands, self, depth=rerank_depth)
         cands = cands.take(np.arange(min(k, len(cands))))
         if threshold is not None:
             cands = cands.take(np.flatnonzero(cands.scores >= threshold))
@@ -342,7 +340,10 @@ def _rerankers(spec: Any) -> list[Any]:
         return []
     from loupe import rerank
 
-    return rerank.get(spec)
+    try:
+        return rerank.get(spec)
+    except ValueError as exc:  # an unknown name or parameter is the user's to fix
+        raise QueryError(str(exc)) from None
 
 
 def _crop(image: Image.Image, box: Box) -> Image.Image:
