@@ -288,8 +288,10 @@ def _draw_boxes(lib: Library, hits: list[Any], folder: Path) -> None:
 
 # Sub-commands that live with their feature.
 from loupe.eval.cli import register as _register_eval  # noqa: E402
+from loupe.rerank.cli import register as _register_rerank  # noqa: E402
 from loupe.server.cli import register as _register_serve  # noqa: E402
 
+_register_rerank(app)
 _register_serve(app)
 _register_eval(app)
 

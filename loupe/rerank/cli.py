@@ -34,6 +34,7 @@ def register(app: typer.Typer) -> None:
         console = Console()
         console.print(table)
         console.print(
-            f"DBA is an index option, not a reranker: each stored vector is averaged with its "
-            f"k={DEFAULT_K} nearest neighbours (weights s^{DEFAULT_ALPHA:g}) when the index is built."
+            "DBA is an index option, not a reranker: `loupe index --dba K` averages each stored "
+            f"vector with its K nearest neighbours (weights s^{DEFAULT_ALPHA:g}; K={DEFAULT_K} "
+            "is a common choice) and keeps that up to date as images come and go."
         )

@@ -191,40 +191,53 @@ class SpatialORB(Spatial):
     detector: str = "orb"
 
 
-@torch.inference_mode()
 def mutual_matches(
     query: np.ndarray, target: np.ndarray, detector: str = "sift", ratio: float = 0.8
 ) -> np.ndarray:
     """(n, 2) index pairs that pass the ratio test and are each other's nearest neighbours."""
-    a, b = _comparable(query, detector), _comparable(target, detector)
-    sim = a @ b.T                   # larger = closer for both descriptor kinds
+    if detector == "orb":
+        return _hamming_matches(query, target, ratio)
+    return _rootsift_matches(query, target, ratio)
+
+
+@torch.inference_mode()
+def _rootsift_matches(query: np.ndarray, target: np.ndarray, ratio: float) -> np.ndarray:
+    a, b = _rootsift(query), _rootsift(target)
+    sim = a @ b.T                   # Hellinger kernel: larger = closer
     best2, nearest = sim.topk(min(2, sim.shape[1]), dim=1)
-    dist = _distance(best2, detector, a.shape[1])
+    dist = torch.sqrt((2.0 - 2.0 * best2).clamp_min(0.0))
     # With a single target descriptor there is no second neighbour to compare against.
     passes = dist[:, 0] < ratio * dist[:, 1] if dist.shape[1] == 2 else dist[:, 0] >= 0
-    forward = nearest[:, 0]
-    backward = sim.argmax(dim=0)
-    mutual = backward[forward] == torch.arange(len(forward))
-    keep = torch.nonzero(passes & mutual).ravel()
-    return torch.stack([keep, forward[keep]], dim=1).numpy()
+    rows = torch.nonzero(passes).ravel()
+    cols = nearest[rows, 0]
+    # Mutual check only for the pairs that passed the ratio test: a column scan
+    # of the whole matrix would cost as much as the product itself.
+    mutual = sim[:, cols].argmax(dim=0) == rows
+    return torch.stack([rows[mutual], cols[mutual]], dim=1).numpy()
 
 
-def _comparable(desc: np.ndarray, detector: str) -> torch.Tensor:
-    """Descriptors as float vectors whose dot product orders neighbours by distance."""
-    if detector == "sift":
-        # RootSIFT (Arandjelovic & Zisserman 2012): L1-normalise then square root, so the
-        # dot product is the Hellinger kernel and rows have unit L2 norm.
-        x = torch.from_numpy(desc.astype(np.float32))
-        return torch.sqrt(x / x.sum(dim=1, keepdim=True).clamp_min(1e-12))
-    # ORB: bits as +-1, so dot = nbits - 2 * Hamming distance.
-    bits = np.unpackbits(desc, axis=1).astype(np.float32)
-    return torch.from_numpy(2.0 * bits - 1.0)
+def _rootsift(desc: np.ndarray) -> torch.Tensor:
+    # RootSIFT (Arandjelovic & Zisserman 2012): L1-normalise then square root, so the
+    # dot product is the Hellinger kernel and every row has unit L2 norm.
+    x = torch.from_numpy(desc.astype(np.float32))
+    return torch.sqrt(x / x.sum(dim=1, keepdim=True).clamp_min(1e-12))
 
 
-def _distance(sim: torch.Tensor, detector: str, dim: int) -> torch.Tensor:
-    if detector == "sift":
-        return torch.sqrt((2.0 - 2.0 * sim).clamp_min(0.0))
-    return (dim - sim) / 2.0
+def _hamming_matches(query: np.ndarray, target: np.ndarray, ratio: float) -> np.ndarray:
+    # OpenCV's brute-force Hamming matcher counts bits with SIMD popcount: several
+    # times faster than any float formulation of the same distances.
+    matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
+    forward = [m for m in matcher.knnMatch(query, target, k=2) if m]
+    passing = [m[0] for m in forward if len(m) == 1 or m[0].distance < ratio * m[1].distance]
+    if not passing:
+        return np.zeros((0, 2), np.int64)
+    rows = np.array([m.queryIdx for m in passing], dtype=np.int64)
+    cols = np.array([m.trainIdx for m in passing], dtype=np.int64)
+    best_row = np.full(len(rows), -1, dtype=np.int64)              # nearest query row of each
+    for m in matcher.match(target[cols], query):
+        best_row[m.queryIdx] = m.trainIdx
+    mutual = best_row == rows
+    return np.stack([rows[mutual], cols[mutual]], axis=1)
 
 
 class FeatureCache:
