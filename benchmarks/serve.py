@@ -257,7 +257,7 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
     ap.add_argument("--round-images", type=int, default=64, help="new images per re-index round")
     ap.add_argument("--threads", type=int, default=None,
-                    help="server's torch threads (`loupe serve --threads`); default: torch's")
+                    help="server's torch threads (`loupe serve --threads`); default: serve's default")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "serve.json")
     args = ap.parse_args()
 

@@ -513,16 +513,19 @@ def test_start_twice_is_409_and_stop_when_idle_is_409(fresh, monkeypatch):
 # --- the `loupe serve` command ----------------------------------------------------------------
 def test_serve_command_defaults(env, monkeypatch):
     """Loopback by default, loopback Host names only, the token from LOUPE_TOKEN printed."""
+    import torch
     import uvicorn
 
     from loupe.cli import app
 
     seen = {}
     monkeypatch.setattr(uvicorn, "run", lambda app_, **kw: seen.update(app=app_, **kw))
+    # recorded, not applied: the thread count is process-wide and other tests share the process
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: seen.update(threads=n))
     monkeypatch.setenv("LOUPE_TOKEN", "from-the-environment")
     result = CliRunner().invoke(app, ["serve", str(env.root), "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    assert seen["host"] == "127.0.0.1" and seen["port"] == 8000
+    assert seen["host"] == "127.0.0.1" and seen["port"] == 8000 and seen["threads"] == 1
     assert "http://127.0.0.1:8000/" in result.output and "from-the-environment" in result.output
     client = TestClient(seen["app"], base_url="http://localhost:8000")
     assert client.post("/api/index/stop", headers={"Authorization": "Bearer from-the-environment"}).status_code == 409

@@ -38,24 +38,23 @@ def serve(
     reindex: Annotated[bool, typer.Option("--reindex", help="Start an incremental re-index "
                                           "in the background right away.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
-    threads: Annotated[int | None, typer.Option(
-        min=1, help="CPU threads per model call (torch intra-op). Default: torch's, one per core.",
-        show_default=False)] = None,
+    threads: Annotated[int, typer.Option(
+        min=1, help="CPU threads per model call (torch intra-op), the background re-index's "
+        "included. Concurrent requests already use the cores; more threads per call make them "
+        "fight over the cores (and slow everything down on a busy machine).")] = 1,
 ) -> None:
     """Serve the library: a search page in the browser and a JSON API (docs at /api/docs).
 
     `loupe serve ~/Pictures/.loupe` listens on 127.0.0.1:8000; add `--host 0.0.0.0` to be
     reachable from the network.
     """
+    import torch
     import uvicorn
 
     from loupe.server.app import create_app
     from loupe.server.auth import TOKEN_FILENAME, load_or_create_token
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
     lib = Library.open(_library_path(library), device=device, create=False)
     token_source = "from --token / LOUPE_TOKEN"
     if not token:
