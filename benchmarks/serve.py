@@ -263,6 +263,7 @@ def main() -> None:
 
     model = f"{args.arch}:random"
     token = secrets.token_urlsafe(16)
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="loupe-serve-bench-") as tmp:
         root = Path(tmp) / "photos"
         t0 = time.perf_counter()
@@ -311,10 +312,14 @@ def main() -> None:
         "round_images": args.round_images, "build_seconds": round(build_s, 1),
         "server_threads": args.threads,
         "searchable_at_end": final["searchable"],
-        "machine": {"cpus": os.cpu_count(), "arch": platform.machine(), "python": platform.python_version()},
+        "machine": {"cpus": os.cpu_count(), "arch": platform.machine(), "python": platform.python_version(),
+                    # other work on the machine shares its cores: read the numbers with this
+                    "load_average_1min_start": load_start, "load_average_1min_end": os.getloadavg()[0]},
         "phases": {"idle": idle, "reindex": busy},
     }
     print(table(results))
+    print(f"machine: {os.cpu_count()} cpus, 1-min load average {load_start:.1f} at start, "
+          f"{results['machine']['load_average_1min_end']:.1f} at end")
     rounds = busy["reindex_rounds"]
     print(f"re-index rounds during the load: {len(rounds)} "
           f"({busy['reindex_images_embedded']} images embedded; states: "

@@ -178,6 +178,20 @@ def test_dropped_image_finds_itself_then_this_but_text(page, server):
     expect(page.locator("#query-image")).to_be_hidden()
 
 
+def test_pasted_image_finds_itself(page, server):
+    from playwright.sync_api import expect
+
+    data = base64.b64encode((server.root / "trips" / "img21.png").read_bytes()).decode()
+    page.evaluate(
+        """(b64) => {
+            const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], "clipboard.png", { type: "image/png" }));
+            document.dispatchEvent(new ClipboardEvent("paste", { clipboardData: dt, bubbles: true, cancelable: true }));
+        }""", data)
+    expect(page.locator("#results li").first.locator("img")).to_have_attribute("alt", "trips/img21.png")
+
+
 def test_open_result_then_more_like_this(page, server):
     from playwright.sync_api import expect
 
