@@ -58,7 +58,7 @@ class Spatial(Reranker):
     needs_pixels: ClassVar[bool] = True
     depth: int = 100
     detector: str = "sift"
-    max_keypoints: int = 2000
+    max_keypoints: int = 1000     # as DELG; matching cost grows with its square
     max_side: int = 1024
     ratio: float = 0.8
     model: str = "homography"
