@@ -1,0 +1,102 @@
+"""Text-query latency, encode + first-stage search, at 10k and 100k stored vectors.
+
+The library is filled with random unit vectors of the default model's size
+(512-d) under fake paths; queries are encoded by the default architecture
+with random weights (the text tower costs what it costs, trained or not).
+
+    python benchmarks/search.py                  # 10k and 100k, 200 queries each
+    python benchmarks/search.py --sizes 1000 --queries 20 --arch loupe-tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from loupe.catalog import Catalog
+from loupe.config import DEFAULT_MODEL
+from loupe.library import Library
+
+HERE = Path(__file__).resolve().parent
+WORDS = ("red", "bicycle", "night", "dog", "beach", "mountain", "snow", "city", "street", "cat",
+         "portrait", "sunset", "forest", "river", "car", "market", "bridge", "child", "kite", "boat")
+
+
+def fill(lib: Library, n: int, seed: int = 0) -> float:
+    dim = lib.encoder.dim
+    rng = np.random.default_rng(seed)
+    t = time.perf_counter()
+    with lib.catalog.transaction() as db:
+        for start in range(0, n, 10_000):
+            block = rng.normal(size=(min(10_000, n - start), dim)).astype(np.float32)
+            block /= np.linalg.norm(block, axis=1, keepdims=True)
+            for j, vec in enumerate(block):
+                i = start + j
+                sha = f"{i:064x}"
+                Catalog.put_vector(db, sha, vec)
+                Catalog.put_image(db, f"img/{i // 1000:03d}/{i:07d}.jpg", 1000, 0.0, sha=sha,
+                                  meta={"width": 640, "height": 480, "format": "JPEG"})
+    return time.perf_counter() - t
+
+
+def percentile(xs: list[float], p: float) -> float:
+    return float(np.percentile(np.asarray(xs) * 1000, p))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", default=DEFAULT_MODEL.split(":")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--k", type=int, default=20)
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "search.json")
+    args = ap.parse_args()
+    rng = np.random.default_rng(1)
+    texts = [" ".join(rng.choice(WORDS, size=3)) for _ in range(args.queries)]
+
+    rows = []
+    for n in args.sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "photos").mkdir()
+            lib = Library.open(Path(tmp) / "photos" / ".loupe", model=f"{args.arch}:random", device="cpu")
+            fill_s = fill(lib, n)
+            t = time.perf_counter()
+            index = lib.snapshot()  # load the vectors (what the first search after a change pays)
+            load_s = time.perf_counter() - t
+            lib.search(texts[0], k=args.k)  # warm-up
+            encode, search, total = [], [], []
+            for q in texts:
+                t0 = time.perf_counter()
+                vec = lib.encoder.encode_text([q])[0]
+                t1 = time.perf_counter()
+                lib.search_vector(vec, args.k)
+                t2 = time.perf_counter()
+                encode.append(t1 - t0)
+                search.append(t2 - t1)
+                total.append(t2 - t0)
+            rows.append({
+                "vectors": n, "index": index.kind, "queries": len(texts), "k": args.k,
+                "p50_ms": percentile(total, 50), "p99_ms": percentile(total, 99),
+                "encode_p50_ms": percentile(encode, 50), "search_p50_ms": percentile(search, 50),
+                "search_p99_ms": percentile(search, 99), "load_s": load_s, "fill_s": fill_s,
+            })
+            lib.close()
+
+    print(f"{'vectors':>9} {'index':<12}{'p50 ms':>9}{'p99 ms':>9}{'encode p50':>12}{'search p50':>12}"
+          f"{'search p99':>12}{'load s':>8}")
+    for r in rows:
+        print(f"{r['vectors']:>9} {r['index']:<12}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
+              f"{r['encode_p50_ms']:>12.1f}{r['search_p50_ms']:>12.2f}{r['search_p99_ms']:>12.2f}"
+              f"{r['load_s']:>8.2f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"model": f"{args.arch}:random", "results": rows}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
