@@ -234,6 +234,12 @@ def test_bad_upload_shows_a_readable_error(page, tmp_path):
     expect(alert).to_be_visible()
     expect(alert).to_contain_text("not an image")
     expect(page.locator("#results li")).to_have_count(0)
+    expect(page.locator("#query-image")).to_be_hidden()  # the unusable file leaves the query
+    # and the page still works: the next search clears the error
+    page.fill("#q", "a harbour")
+    page.press("#q", "Enter")
+    expect(page.locator("#results li")).to_have_count(30)
+    expect(alert).to_be_hidden()
 
 
 def test_reindex_needs_the_token_and_reports_progress(page, server):

@@ -16,8 +16,9 @@ async function api(url, options = {}) {
   let body = null;
   try { body = await res.json(); } catch { /* not JSON: handled below */ }
   if (!res.ok) {
-    const message = (body && body.error) || `${res.status} ${res.statusText}`;
-    throw new Error(message);
+    const error = new Error((body && body.error) || `${res.status} ${res.statusText}`);
+    error.status = res.status;
+    throw error;
   }
   return body;
 }
@@ -85,6 +86,8 @@ async function runSearch(reset = true) {
     state.hasMore = false;
     $("summary").textContent = "";
     showError(err.message);
+    // An image the server cannot use (not an image, too large) is dropped from the query.
+    if (state.image && (err.status === 413 || err.status === 415 || err.status === 400)) setQueryImage(null);
   } finally {
     if (generation === state.generation) {
       state.loading = false;
