@@ -77,16 +77,18 @@ class Catalog:
             self._local.conn = None
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; bumps the generation so readers know to reload."""
+    def transaction(self, bump: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction. `bump` moves the generation on, telling readers that
+        what is searchable changed; leave it off for writes that change nothing searchable."""
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db
-            db.execute(
-                "INSERT INTO meta VALUES ('generation', '1') ON CONFLICT(key) DO UPDATE "
-                "SET value = CAST(value AS INTEGER) + 1"
-            )
+            if bump:
+                db.execute(
+                    "INSERT INTO meta VALUES ('generation', '1') ON CONFLICT(key) DO UPDATE "
+                    "SET value = CAST(value AS INTEGER) + 1"
+                )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -97,12 +99,13 @@ class Catalog:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else default
 
-    def set_meta(self, key: str, value: Any, db: sqlite3.Connection | None = None) -> None:
+    def set_meta(self, key: str, value: Any, db: sqlite3.Connection | None = None,
+                 bump: bool = False) -> None:
         sql = "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
         if db is not None:
             db.execute(sql, (key, json.dumps(value)))
             return
-        with self.transaction() as tx:
+        with self.transaction(bump=bump) as tx:
             tx.execute(sql, (key, json.dumps(value)))
 
     def generation(self) -> int:

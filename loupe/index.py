@@ -19,9 +19,13 @@ class VectorIndex:
     def __init__(self, ids: np.ndarray, matrix: np.ndarray, exact_max: int = EXACT_SEARCH_MAX):
         if len(ids) != len(matrix):
             raise ValueError("ids and matrix differ in length")
-        order = np.argsort(ids, kind="stable")
-        self.ids = np.ascontiguousarray(ids[order], dtype=np.int64)
-        self.matrix = np.ascontiguousarray(matrix[order], dtype=np.float32)
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(ids) > 1 and not bool(np.all(ids[1:] > ids[:-1])):
+            order = np.argsort(ids, kind="stable")
+            ids, matrix = ids[order], matrix[order]
+        self.ids = np.ascontiguousarray(ids)
+        # No copy for a memory-mapped float32 matrix already in order: pages load on use.
+        self.matrix = np.asarray(matrix, dtype=np.float32)
         self._faiss = None
         if len(self.ids) > exact_max:
             import faiss

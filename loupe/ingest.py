@@ -124,7 +124,8 @@ def run_index(catalog: Catalog, encoder: Encoder, root: Path, options: IndexOpti
             pool.shutdown(wait=False, cancel_futures=True)
             raise
 
-    with catalog.transaction() as db:
+    # Orphan vectors are referenced by no searchable row: dropping them changes no result.
+    with catalog.transaction(bump=False) as db:
         Catalog.drop_orphan_vectors(db)
         catalog.set_meta("last_index", {"finished_at": time.time(), **report.to_dict()}, db=db)
     report.seconds = time.perf_counter() - started

@@ -141,7 +141,9 @@ class Library:
     def index(self, options: IndexOptions | None = None, progress: Progress | None = None) -> IndexReport:
         """Bring the catalog up to date with the root folder: embed new and changed files,
         keep vectors of moved ones, drop deleted ones."""
-        return run_index(self.catalog, self.encoder, self.root, options or IndexOptions(), progress)
+        report = run_index(self.catalog, self.encoder, self.root, options or IndexOptions(), progress)
+        self.save_vectors()
+        return report
 
     # --- store side: what rerankers, eval and the server read --------------------------------
     def snapshot(self) -> VectorIndex:
@@ -154,20 +156,55 @@ class Library:
         return self.refresh()
 
     def refresh(self) -> VectorIndex:
-        """Rebuild the searchable vectors if the catalog changed since the last snapshot."""
+        """Rebuild the searchable vectors if the catalog changed since the last snapshot:
+        from the saved copy when it is of this generation, else from the catalog."""
         gen = self.catalog.generation()
         snap = self._snapshot
         if snap is None or snap.generation != gen:
-            dim = self._dim()
-            ids, matrix = self.catalog.load_matrix(dim)
-            dba = self.catalog.get_meta("dba")
-            if dba and len(ids) > 1:
-                from loupe.rerank.dba import augment
-
-                matrix = augment(matrix, int(dba["k"]), float(dba["alpha"]))
+            ids_file, matrix_file = self._vector_files(gen)
+            try:
+                ids, matrix = np.load(ids_file), np.load(matrix_file, mmap_mode="r")
+            except (OSError, ValueError):
+                ids, matrix = self._searchable_matrix()
+                if self.catalog.generation() != gen:
+                    gen = -1  # an index batch landed meanwhile: rebuild on the next search
             snap = _Snapshot(gen, VectorIndex(ids, matrix))
             self._snapshot = snap
         return snap.index
+
+    def _searchable_matrix(self) -> tuple[np.ndarray, np.ndarray]:
+        ids, matrix = self.catalog.load_matrix(self._dim())
+        dba = self.catalog.get_meta("dba")
+        if dba and len(ids) > 1:
+            from loupe.rerank.dba import augment
+
+            matrix = augment(matrix, int(dba["k"]), float(dba["alpha"]))
+        return ids, matrix
+
+    def _vector_files(self, gen: int) -> tuple[Path, Path]:
+        folder = self.path / "vectors"
+        return folder / f"ids-{gen}.npy", folder / f"matrix-{gen}.npy"
+
+    def save_vectors(self) -> None:
+        """Save the searchable matrix next to the catalog, so the next process memory-maps it
+        instead of reading every vector out of SQLite. Written to a temporary name and
+        renamed (atomic); named by generation, so a stale copy is never used."""
+        gen = self.catalog.generation()
+        ids_file, matrix_file = self._vector_files(gen)
+        if ids_file.exists() and matrix_file.exists():
+            return
+        index = self.refresh()
+        if self._snapshot is None or self._snapshot.generation != gen:
+            return  # the catalog moved on while loading; the next run saves
+        ids_file.parent.mkdir(exist_ok=True)
+        for path, array in ((matrix_file, index.matrix), (ids_file, index.ids)):
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            with open(tmp, "wb") as fh:
+                np.save(fh, np.ascontiguousarray(array))
+            os.replace(tmp, path)
+        for old in ids_file.parent.glob("*.npy"):
+            if old not in (ids_file, matrix_file):
+                old.unlink(missing_ok=True)
 
     def _dim(self) -> int:
         identity = self.identity
@@ -212,7 +249,7 @@ class Library:
 
     def set_dba(self, k: int | None, alpha: float = 3.0) -> None:
         """Turn database-side augmentation on (k neighbours) or off (None)."""
-        self.catalog.set_meta("dba", {"k": int(k), "alpha": float(alpha)} if k else None)
+        self.catalog.set_meta("dba", {"k": int(k), "alpha": float(alpha)} if k else None, bump=True)
 
     # --- searching --------------------------------------------------------------------------
     def resolve(self, ref: int | str | Path) -> int:

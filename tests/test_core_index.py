@@ -224,3 +224,29 @@ def test_interrupted_run_resumes(tmp_path, sig):
     probe = root / "d3" / "p0003.jpg"
     assert lib.search(image=probe, k=1)[0].path == probe
     assert np.isfinite(lib.all_vectors()[1]).all()
+
+
+def test_saved_vectors_are_used_only_when_current(tmp_path):
+    root = tmp_path / "photos"
+    files = make_folder(root, 12)
+    lib = open_lib(root)
+    lib.index()
+    gen = lib.catalog.generation()
+    saved = sorted(p.name for p in (lib.path / "vectors").iterdir())
+    assert saved == [f"ids-{gen}.npy", f"matrix-{gen}.npy"]
+    fresh = Library.open(root / ".loupe", device="cpu")
+    ids, matrix = fresh.all_vectors()
+    assert isinstance(np.load(lib.path / "vectors" / f"matrix-{gen}.npy", mmap_mode="r"), np.memmap)
+    from_db = lib.catalog.load_matrix(lib.encoder.dim)
+    assert np.array_equal(ids, from_db[0]) and np.array_equal(matrix, from_db[1])
+    # A change moves the generation on: the old copy is replaced, never read.
+    files[0].unlink()
+    lib.index()
+    assert lib.catalog.generation() > gen
+    assert not (lib.path / "vectors" / f"ids-{gen}.npy").exists()
+    fresh = Library.open(root / ".loupe", device="cpu")
+    assert len(fresh.all_vectors()[0]) == 11
+    # A no-op run changes nothing searchable: same generation, nothing rewritten.
+    gen = lib.catalog.generation()
+    lib.index()
+    assert lib.catalog.generation() == gen
