@@ -493,10 +493,12 @@ def test_stop_is_clean_and_keeps_committed_batches(fresh):
 
 
 def test_start_twice_is_409_and_stop_when_idle_is_409(fresh, monkeypatch):
-    release = threading.Event()
+    release, first_batch = threading.Event(), threading.Event()
 
     def slow_index(options=None, progress=None):
         progress(0, 10)
+        progress(1, 10)
+        first_batch.set()
         while not release.wait(0.01):
             progress(1, 10)  # raises once a stop is asked for
 
@@ -504,6 +506,7 @@ def test_start_twice_is_409_and_stop_when_idle_is_409(fresh, monkeypatch):
     assert "no re-index" in error_of(fresh.client.post("/api/index/stop", headers=AUTH), 409)
     assert fresh.client.post("/api/index", headers=AUTH).status_code == 202
     assert "already running" in error_of(fresh.client.post("/api/index", headers=AUTH), 409)
+    assert first_batch.wait(10)
     s = fresh.client.get("/api/index").json()
     assert s["running"] and s["total"] == 10 and s["left"] == 9
     assert fresh.client.post("/api/index/stop", headers=AUTH).json()["state"] == "stopping"
