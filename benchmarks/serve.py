@@ -82,6 +82,7 @@ def build_library(root: Path, model: str, n_vectors: int, n_real: int) -> tuple[
             Catalog.put_image(db, rel, st.st_size, st.st_mtime, sha=sha,
                               meta={"width": 640, "height": 480, "format": "JPEG"})
             Catalog.put_vector(db, sha, vectors[i])
+    lib.save_vectors()  # as `loupe index` leaves a library: the server memory-maps them at start
     return lib, [root / "real" / p.name for p in photos]
 
 

@@ -484,6 +484,9 @@ def test_stop_is_clean_and_keeps_committed_batches(fresh):
     assert status["done"] == 4 and status["error"] is None
     assert fresh.client.get("/api/index").json()["searchable"] == 6 + 4
     assert fresh.lib.catalog.counts()["indexed"] == 6 + 4
+    # what was committed is saved for the next start, as after a finished run
+    saved = fresh.lib._vector_files(fresh.lib.catalog.generation())
+    assert all(f.is_file() for f in saved) and len(np.load(saved[0])) == 10
     # the next run picks up where this one stopped
     indexer._progress = original
     assert fresh.client.post("/api/index", headers=AUTH).status_code == 202

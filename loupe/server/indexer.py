@@ -106,6 +106,10 @@ class BackgroundIndexer:
             refresher.join()
             try:
                 self.lib.refresh()  # what was committed becomes searchable before "done" shows
+                if state != "done":
+                    # A finished run saved its vectors itself; after a stop the next start
+                    # should not have to read them all back out of SQLite either.
+                    self.lib.save_vectors()
             except Exception:
                 log.exception("snapshot refresh failed")
             self.lib.catalog.close()  # this thread's SQLite connection
