@@ -148,21 +148,64 @@ def test_alpha_qe_ignores_results_that_point_away() -> None:
     np.testing.assert_allclose(expand_query(q, away, 3.0), q)
 
 
+class FilteringStore(VectorStore):
+    """A store whose filter is a set of allowed ids."""
+
+    def search_vector(self, vec, k, filters=None, exclude=()) -> Candidates:
+        self.searches += 1
+        scores = self.matrix.astype(np.float64) @ vec
+        allowed = self.ids if filters is None else np.array(sorted(filters))
+        blocked = ~np.isin(self.ids, allowed) | np.isin(self.ids, list(exclude))
+        scores[blocked] = -np.inf
+        top = np.argsort(-scores, kind="stable")[: min(k, int((~blocked).sum()))]
+        return Candidates(self.ids[top], scores[top])
+
+
+def query_with_filters(vector: np.ndarray, filters, exclude=frozenset()) -> Query:
+    query = Query(vector=vector, exclude_ids=exclude)
+    query.filters = filters            # the field the core's Query carries for the second search
+    return query
+
+
 def test_alpha_qe_searches_again_with_the_expanded_query() -> None:
     rng = np.random.default_rng(3)
     x = unit_rows(rng, 300, 32)
-    store = VectorStore(x)
+    store = FilteringStore(x)
     q = unit_rows(rng, 1, 32)[0]
     excluded = frozenset({int(store.ids[5])})
     head = store.search_vector(q, 40, exclude=excluded)
-    out = AlphaQE(n=3).rerank(Query(vector=q, exclude_ids=excluded), head, store)
+    out = AlphaQE(n=3).rerank(query_with_filters(q, None, excluded), head, store)
 
     expanded = alpha_qe_by_definition(q, store.vectors(head.ids[:3]), 3.0)
     expected = np.argsort(-(x.astype(np.float64) @ expanded), kind="stable")
     expected = [int(store.ids[i]) for i in expected if int(store.ids[i]) not in excluded][:40]
     assert out.ids.tolist() == expected
+    assert not set(out.ids.tolist()) <= set(head.ids.tolist())   # it found new ones
     assert store.searches == 2
     np.testing.assert_allclose(out.scores, store.vectors(out.ids) @ expanded, atol=1e-5)
+
+
+def test_alpha_qe_second_search_keeps_the_first_stage_filters() -> None:
+    rng = np.random.default_rng(4)
+    store = FilteringStore(unit_rows(rng, 200, 16))
+    q = unit_rows(rng, 1, 16)[0]
+    allowed = set(store.ids[::3].tolist())
+    head = store.search_vector(q, 20, filters=allowed)
+    out = AlphaQE().rerank(query_with_filters(q, allowed), head, store)
+    assert len(out) == 20 and set(out.ids.tolist()) <= allowed
+
+
+def test_alpha_qe_without_known_filters_rescores_the_head() -> None:
+    rng = np.random.default_rng(5)
+    store = FilteringStore(unit_rows(rng, 200, 16))
+    q = unit_rows(rng, 1, 16)[0]
+    head = store.search_vector(q, 20, filters=set(store.ids[::3].tolist()))
+    out = AlphaQE().rerank(Query(vector=q), head, store)           # a Query with no filters field
+    expanded = alpha_qe_by_definition(q, store.vectors(head.ids[:2]), 3.0)
+    expected = store.vectors(head.ids).astype(np.float64) @ expanded
+    assert out.ids.tolist() == head.ids[np.argsort(-expected, kind="stable")].tolist()
+    np.testing.assert_allclose(out.scores, np.sort(expected)[::-1], atol=1e-5)
+    assert store.searches == 1
 
 
 # -- DBA --------------------------------------------------------------------------

@@ -4,6 +4,10 @@ q' = normalise(sum over i = 0..n of s(q, d_i)^alpha * d_i), d_0 = q (weight 1),
 d_1..d_n the top n of the incoming ranking. Similarities below zero weigh
 nothing: a result that points away from the query must not pull it (and a
 fractional alpha stays defined).
+
+The second search goes through `store.search_vector` with the first stage's
+filters, read from `Query.filters`; a Query without that field gets its head
+re-scored by q' instead, which can never show an image the filters exclude.
 """
 
 from __future__ import annotations
@@ -32,18 +36,19 @@ class AlphaQE(Reranker):
             raise ValueError(f"AlphaQE: alpha must be >= 0, got {self.alpha!r}")
 
     def rerank(self, query: Query, candidates: Candidates, store: Store) -> Candidates:
-        """Search again with the expanded query; the ids may differ from the incoming ones."""
+        """Search again with the expanded query (the ids may differ from the incoming ones)."""
         if not len(candidates):
             return candidates
         expanded = expand_query(query.vector, store.vectors(candidates.ids[: self.n]), self.alpha)
-        # Query carries the first stage's filters once the core adds them; the
-        # second search must respect them like the first one did.
-        return store.search_vector(
-            expanded,
-            len(candidates),
-            filters=getattr(query, "filters", None),
-            exclude=tuple(query.exclude_ids),
-        )
+        if hasattr(query, "filters"):
+            return store.search_vector(
+                expanded, len(candidates), filters=query.filters, exclude=tuple(query.exclude_ids)
+            )
+        # A query that does not say which filters the first stage applied: a
+        # second search could return images they exclude, so re-score the head.
+        scores = store.vectors(candidates.ids) @ expanded
+        order = np.argsort(-scores, kind="stable")
+        return Candidates(candidates.ids[order], scores[order], [candidates.boxes[i] for i in order])
 
 
 def expand_query(query: np.ndarray, top: np.ndarray, alpha: float = 3.0) -> np.ndarray:
