@@ -124,6 +124,16 @@ def test_rotated_and_scaled_copies_are_verified_with_a_box_on_the_content(
     assert box[2] <= truth[2] + slack and box[3] <= truth[3] + slack
 
 
+def test_affine_model_verifies_a_rotated_copy_and_rejects_another_scene() -> None:
+    affine = Spatial(model="affine", **FAST)
+    original = affine.extract(Image.open(ORIGINAL))
+    rotated = affine.extract(Image.open(SACRE / "mapping_rot" / "02928139_3448003521_rot270.jpg"))
+    other = affine.extract(Image.open(STRECHA / "fountain-P11" / "0000.jpg"))
+    inliers, box = affine.verify(original, rotated)
+    assert inliers >= 100 and box is not None
+    assert affine.verify(original, other)[0] < affine.min_inliers
+
+
 def test_region_query_is_located_in_the_database_image(tmp_path: Path) -> None:
     # The dome and towers of the original; in the 0.5 copy that region is scaled
     # by 0.5 about the image centre.
