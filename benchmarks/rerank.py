@@ -211,8 +211,7 @@ def evaluate(first_stage: str, data: tuple, cache_root: Path, sift: Spatial, orb
         vec = encode(image)
         plain.search_vector(vec, len(paths), exclude=(qi,))
         first_ms.append((time.perf_counter() - t0) * 1000)
-        query = Query(vector=vec, image=image, exclude_ids=frozenset({qi}))
-        query.filters = None  # no filters here: alpha-QE may search the whole store again
+        query = Query(vector=vec, image=image, exclude_ids=frozenset({qi}))  # no filters
         for label, store, chain in configs:
             candidates = store.search_vector(vec, len(paths), exclude=(qi,))
             t0 = time.perf_counter()

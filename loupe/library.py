@@ -333,6 +333,7 @@ class Library:
         rerankers = _rerankers(rerank)
         query = self.make_query(text, image=image, like=like, weight=weight, expr=expr, box=box,
                                 need_pixels=any(getattr(r, "needs_pixels", False) for r in rerankers))
+        query.filters = filters
         depth = max([k] + [rerank_depth or r.depth for r in rerankers])
         cands = self.search_vector(query.vector, depth, filters, exclude=query.exclude_ids)
         if rerankers:

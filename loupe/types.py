@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from loupe.config import Filters
+
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels of the (EXIF-rotated) image
 
 
@@ -26,6 +28,7 @@ class Query:
     image: Image.Image | None = None
     box: Box | None = None
     exclude_ids: frozenset[int] = frozenset()
+    filters: Filters | None = None          # the first stage's, for rerankers that search again
 
 
 @dataclass

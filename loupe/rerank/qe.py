@@ -6,8 +6,7 @@ nothing: a result that points away from the query must not pull it (and a
 fractional alpha stays defined).
 
 The second search goes through `store.search_vector` with the first stage's
-filters, read from `Query.filters`; a Query without that field gets its head
-re-scored by q' instead, which can never show an image the filters exclude.
+filters (`Query.filters`), so it never shows an image they exclude.
 """
 
 from __future__ import annotations
@@ -40,16 +39,9 @@ class AlphaQE(Reranker):
         if not len(candidates):
             return candidates
         expanded = expand_query(query.vector, store.vectors(candidates.ids[: self.n]), self.alpha)
-        if hasattr(query, "filters"):
-            return store.search_vector(
-                expanded, len(candidates), filters=query.filters, exclude=tuple(query.exclude_ids)
-            )
-        # A query that does not say which filters the first stage applied: a
-        # second search could return images they exclude, so re-score the head.
-        scores = store.vectors(candidates.ids) @ expanded
-        order = np.argsort(-scores, kind="stable")
-        return Candidates(candidates.ids[order], scores[order], [candidates.boxes[i] for i in order])
-
+        return store.search_vector(
+            expanded, len(candidates), filters=query.filters, exclude=tuple(query.exclude_ids)
+        )
 
 def expand_query(query: np.ndarray, top: np.ndarray, alpha: float = 3.0) -> np.ndarray:
     """The alpha-QE query: normalise(q + sum_i max(s(q, d_i), 0)^alpha * d_i)."""
