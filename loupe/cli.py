@@ -230,7 +230,9 @@ def search(
         table.add_column(col, justify=just)  # type: ignore[arg-type]
     for rank, h in enumerate(hits, 1):
         size = f"{h.meta['width']}x{h.meta['height']}" if h.meta.get("width") else ""
-        table.add_row(str(rank), f"{h.score:.4f}", h.meta["rel_path"] + (" [box]" if h.box else ""),
+        # Paths are text, not Rich markup: a file may be called "[draft] cat.jpg".
+        path = Text(h.meta["rel_path"]) + (Text(" ▣ box", style="green") if h.box else Text(""))
+        table.add_row(str(rank), f"{h.score:.4f}", path,
                       size, (h.meta.get("date") or "")[:10])
     Console().print(table)
 

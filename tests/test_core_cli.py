@@ -76,3 +76,12 @@ def test_help_teaches():
     for flag in ("--image", "--like", "--weight", "--folder", "--since", "--threshold", "--json"):
         assert flag in r.stdout
     assert "golden retriever" in r.stdout
+
+
+def test_paths_are_printed_literally(tmp_path):
+    root = tmp_path / "photos"
+    make_folder(root, 2)
+    (root / "img0000.png").rename(root / "[draft] beach.png")
+    assert cli("index", str(root), "--model", TINY, "--device", "cpu").exit_code == 0
+    r = cli("search", "--image", "[draft] beach.png", "-k", "1", cwd=root)
+    assert r.exit_code == 0 and "[draft] beach.png" in r.stdout
