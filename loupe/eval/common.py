@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import sys
@@ -17,6 +16,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from loupe.config import DEFAULT_MODEL
+from loupe.encoders import file_sha256
 from loupe.eval.cache import EmbeddingCache, files_digest, texts_digest
 from loupe.eval.metrics import rank_all
 from loupe.types import Box, Candidates, Query
@@ -65,7 +66,7 @@ def open_image(path: Path, exif: bool = False) -> Image.Image:
 class EvalOptions:
     """How to run one evaluation; the CLI fills it from its flags."""
 
-    model: str = "ViT-B-32:laion2b_s34b_b79k"
+    model: str = DEFAULT_MODEL
     weights: str | None = None
     device: str = "auto"
     batch_size: int = 64
@@ -397,11 +398,7 @@ def weights_checksum(identity: dict[str, Any]) -> str | None:
         for fname in (pretrained.HF_SAFE_WEIGHTS_NAME, pretrained.HF_WEIGHTS_NAME):
             hit = huggingface_hub.try_to_load_from_cache(repo, fname)
             if isinstance(hit, str) and Path(hit).is_file():
-                digest = hashlib.sha256()
-                with open(hit, "rb") as fh:
-                    for chunk in iter(lambda: fh.read(1 << 20), b""):
-                        digest.update(chunk)
-                return digest.hexdigest()
+                return file_sha256(Path(hit))
     except Exception:  # noqa: BLE001 - a checksum is best effort, never a reason to fail a run
         return None
     return None
