@@ -250,3 +250,17 @@ def test_saved_vectors_are_used_only_when_current(tmp_path):
     gen = lib.catalog.generation()
     lib.index()
     assert lib.catalog.generation() == gen
+
+
+def test_heic_and_avif_with_the_plugin(tmp_path):
+    pillow_heif = pytest.importorskip("pillow_heif", reason="HEIC needs the [heif] extra")
+    pillow_heif.register_heif_opener()
+    root = tmp_path / "photos"
+    make_image(root / "phone.heic", seed=11, fmt="HEIF")
+    make_image(root / "web.avif", seed=12, fmt="AVIF")
+    lib = open_lib(root)
+    report = lib.index()
+    assert (report.added, report.errors) == (2, 0), report.error_list
+    formats = {r["path"]: r["format"] for r in map(dict, lib.catalog.db.execute("SELECT * FROM images"))}
+    assert formats == {"phone.heic": "HEIF", "web.avif": "AVIF"}
+    assert lib.search(image=root / "phone.heic", k=1)[0].path == root / "phone.heic"
