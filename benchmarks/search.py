@@ -44,6 +44,24 @@ def fill(lib: Library, n: int, seed: int = 0) -> float:
     return time.perf_counter() - t
 
 
+def refresh_times(lib: Library, batches: int, batch_size: int = 32) -> list[float]:
+    """What a server pays per refresh while it re-indexes: one 32-image batch lands,
+    then the searchable snapshot is brought up to date."""
+    rng = np.random.default_rng(2)
+    dim, out = lib.encoder.dim, []
+    for b in range(batches):
+        with lib.catalog.transaction() as db:
+            for j in range(batch_size):
+                vec = rng.normal(size=dim).astype(np.float32)
+                sha = f"new{b:04d}{j:04d}".ljust(64, "0")
+                Catalog.put_vector(db, sha, vec / np.linalg.norm(vec))
+                Catalog.put_image(db, f"new/{b}/{j}.jpg", 1000, 0.0, sha=sha, meta={"format": "JPEG"})
+        t = time.perf_counter()
+        lib.refresh()
+        out.append(time.perf_counter() - t)
+    return out
+
+
 def percentile(xs: list[float], p: float) -> float:
     return float(np.percentile(np.asarray(xs) * 1000, p))
 
@@ -85,21 +103,24 @@ def main() -> None:
                 encode.append(t1 - t0)
                 search.append(t2 - t1)
                 total.append(t2 - t0)
+            refresh = refresh_times(lib, batches=5)
             rows.append({
                 "vectors": n, "index": index.kind, "queries": len(texts), "k": args.k,
                 "p50_ms": percentile(total, 50), "p99_ms": percentile(total, 99),
                 "encode_p50_ms": percentile(encode, 50), "search_p50_ms": percentile(search, 50),
                 "search_p99_ms": percentile(search, 99), "load_sqlite_s": load_s,
                 "load_saved_s": saved_s, "fill_s": fill_s,
+                "refresh_after_batch_s_median": float(np.median(refresh)),
             })
             lib.close()
 
     print(f"{'vectors':>9} {'index':<12}{'p50 ms':>9}{'p99 ms':>9}{'encode p50':>12}{'search p50':>12}"
-          f"{'search p99':>12}{'load: sqlite / saved s':>24}")
+          f"{'search p99':>12}{'load: sqlite / saved s':>24}{'refresh s':>11}")
     for r in rows:
         print(f"{r['vectors']:>9} {r['index']:<12}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
               f"{r['encode_p50_ms']:>12.1f}{r['search_p50_ms']:>12.2f}{r['search_p99_ms']:>12.2f}"
-              f"{r['load_sqlite_s']:>15.2f} / {r['load_saved_s']:.3f}")
+              f"{r['load_sqlite_s']:>15.2f} / {r['load_saved_s']:.3f}"
+              f"{r['refresh_after_batch_s_median']:>11.3f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"model": f"{args.arch}:random", "results": rows}, indent=2) + "\n")
     print(f"wrote {args.out}")

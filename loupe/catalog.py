@@ -41,11 +41,15 @@ CREATE TABLE IF NOT EXISTS images (
     camera TEXT,
     status TEXT NOT NULL CHECK (status IN ('ok', 'error')),
     error TEXT,
-    indexed_at REAL NOT NULL
+    indexed_at REAL NOT NULL,
+    gen INTEGER NOT NULL DEFAULT 0      -- the generation that last wrote the row
 );
 CREATE INDEX IF NOT EXISTS images_sha ON images (sha256);
 CREATE INDEX IF NOT EXISTS images_status ON images (status);
+CREATE INDEX IF NOT EXISTS images_gen ON images (gen);
 """
+# put_image runs inside a bumping transaction: the row belongs to the generation it creates.
+_NEXT_GEN = "COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'generation'), 0) + 1"
 
 META_COLUMNS = ("width", "height", "format", "taken_at", "camera")
 
@@ -132,14 +136,14 @@ class Catalog:
         meta = meta or {}
         date = meta.get("taken_at") or time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(mtime))
         db.execute(
-            """INSERT INTO images (path, sha256, size, mtime, width, height, format, taken_at,
-                   date, camera, status, error, indexed_at)
-               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)
+            f"""INSERT INTO images (path, sha256, size, mtime, width, height, format, taken_at,
+                   date, camera, status, error, indexed_at, gen)
+               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?, {_NEXT_GEN})
                ON CONFLICT(path) DO UPDATE SET sha256=excluded.sha256, size=excluded.size,
                    mtime=excluded.mtime, width=excluded.width, height=excluded.height,
                    format=excluded.format, taken_at=excluded.taken_at, date=excluded.date,
                    camera=excluded.camera, status=excluded.status, error=excluded.error,
-                   indexed_at=excluded.indexed_at""",
+                   indexed_at=excluded.indexed_at, gen=excluded.gen""",
             (rel, sha, size, mtime, *(meta.get(c) for c in ("width", "height", "format", "taken_at")),
              date, meta.get("camera"), "error" if error else "ok", error, time.time()),
         )
@@ -164,15 +168,20 @@ class Catalog:
         return cur.rowcount
 
     # --- what search needs ----------------------------------------------------------------
-    def load_matrix(self, dim: int) -> tuple[np.ndarray, np.ndarray]:
-        """All searchable images: (ids, vectors), in id order."""
+    def load_matrix(self, dim: int, since: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Searchable images: (ids, vectors), in id order; only rows written after
+        generation `since` when it is given."""
         rows = self.db.execute(
             "SELECT i.id, e.vector FROM images i JOIN embeddings e ON e.sha256 = i.sha256 "
-            "WHERE i.status = 'ok' ORDER BY i.id"
+            "WHERE i.status = 'ok' AND i.gen > ? ORDER BY i.id", (-1 if since is None else since,)
         ).fetchall()
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(-1, dim)
         return ids, matrix
+
+    def searchable_ids(self) -> np.ndarray:
+        rows = self.db.execute("SELECT id FROM images WHERE status = 'ok' ORDER BY id")
+        return np.fromiter((r[0] for r in rows), dtype=np.int64)
 
     def vectors(self, ids: Iterable[int], dim: int) -> np.ndarray:
         ids = [int(i) for i in ids]

@@ -165,12 +165,28 @@ class Library:
             try:
                 ids, matrix = np.load(ids_file), np.load(matrix_file, mmap_mode="r")
             except (OSError, ValueError):
-                ids, matrix = self._searchable_matrix()
-                if self.catalog.generation() != gen:
-                    gen = -1  # an index batch landed meanwhile: rebuild on the next search
+                # Labelled with the generation read before loading: whatever commits
+                # meanwhile is newer than the label and is fetched by the next refresh.
+                if snap is not None and not self.catalog.get_meta("dba"):
+                    ids, matrix = self._updated(snap)
+                else:
+                    ids, matrix = self._searchable_matrix()
             snap = _Snapshot(gen, VectorIndex(ids, matrix))
             self._snapshot = snap
         return snap.index
+
+    def _updated(self, snap: _Snapshot) -> tuple[np.ndarray, np.ndarray]:
+        """The last snapshot, brought up to date with only the rows written since: what a
+        server pays per refresh while it re-indexes (not every vector read again).
+        Reads that race a commit converge: a row counts by whether it is searchable now."""
+        current = self.catalog.searchable_ids()
+        new_ids, new_vecs = self.catalog.load_matrix(self._dim(), since=snap.generation)
+        fresh = np.isin(new_ids, current)
+        new_ids, new_vecs = new_ids[fresh], new_vecs[fresh]
+        old = snap.index
+        keep = np.isin(old.ids, current) & ~np.isin(old.ids, new_ids)
+        return (np.concatenate([old.ids[keep], new_ids]),
+                np.concatenate([old.matrix[keep], new_vecs]))
 
     def _searchable_matrix(self) -> tuple[np.ndarray, np.ndarray]:
         ids, matrix = self.catalog.load_matrix(self._dim())

@@ -264,3 +264,29 @@ def test_heic_and_avif_with_the_plugin(tmp_path):
     formats = {r["path"]: r["format"] for r in map(dict, lib.catalog.db.execute("SELECT * FROM images"))}
     assert formats == {"phone.heic": "HEIF", "web.avif": "AVIF"}
     assert lib.search(image=root / "phone.heic", k=1)[0].path == root / "phone.heic"
+
+
+def test_refresh_reads_only_what_changed(tmp_path):
+    root = tmp_path / "photos"
+    files = make_folder(root, 10)
+    writer = open_lib(root)
+    writer.index()
+    reader = Library.open(root / ".loupe", device="cpu")
+    reader.all_vectors()                                   # the reader's snapshot, before changes
+    make_folder(root, 3, start=50)                         # added
+    make_image(files[0], seed=777)                         # changed
+    os.utime(files[0], (time.time() + 5, time.time() + 5))
+    files[1].unlink()                                      # deleted
+    (root / "img0002.png").write_text("now broken")        # ok -> error
+    os.utime(root / "img0002.png", (time.time() + 5, time.time() + 5))
+    writer.index()
+    for p in (writer.path / "vectors").iterdir():
+        p.unlink()                                         # force the catalog path, not the saved copy
+    calls = []
+    load = reader.catalog.load_matrix
+    reader.catalog.load_matrix = lambda dim, since=None: calls.append(since) or load(dim, since)
+    ids, matrix = reader.all_vectors()
+    assert calls and all(c is not None for c in calls), "the refresh re-read every vector"
+    want_ids, want = load(writer.encoder.dim)
+    assert ids.tolist() == want_ids.tolist() and np.array_equal(matrix, want)
+    assert len(ids) == 10 + 3 - 2
