@@ -46,8 +46,9 @@ CREATE TABLE IF NOT EXISTS images (
 );
 CREATE INDEX IF NOT EXISTS images_sha ON images (sha256);
 CREATE INDEX IF NOT EXISTS images_status ON images (status);
-CREATE INDEX IF NOT EXISTS images_gen ON images (gen);
 """
+# Columns added after a catalog may have been created: (name, declaration).
+MIGRATIONS = (("gen", "INTEGER NOT NULL DEFAULT 0"),)
 # put_image runs inside a bumping transaction: the row belongs to the generation it creates.
 _NEXT_GEN = "COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'generation'), 0) + 1"
 
@@ -61,6 +62,11 @@ class Catalog:
         self.path = Path(path)
         self._local = threading.local()
         self.db.executescript(SCHEMA)  # idempotent; executescript manages its own transaction
+        have = {r[1] for r in self.db.execute("PRAGMA table_info(images)")}
+        for column, declaration in MIGRATIONS:
+            if column not in have:
+                self.db.execute(f"ALTER TABLE images ADD COLUMN {column} {declaration}")
+        self.db.execute("CREATE INDEX IF NOT EXISTS images_gen ON images (gen)")
 
     @property
     def db(self) -> sqlite3.Connection:

@@ -15,11 +15,16 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where it is used: `loupe --help`, `loupe stats` and friends
+# never pay the two seconds it takes to import.
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 RANDOM_TAG = "random"
@@ -55,6 +60,8 @@ def _register_configs() -> None:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    import torch
+
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -106,24 +113,28 @@ class Encoder:
                                             _PIL_FILTERS[pp["interpolation"]], pp["mean"], pp["std"])
         return self.preprocess(image).numpy()
 
-    @torch.inference_mode()
     def encode_pixels(self, batch: torch.Tensor | np.ndarray) -> np.ndarray:
+        import torch
+
         if isinstance(batch, np.ndarray):
             batch = torch.from_numpy(batch)
-        feats = self.model.encode_image(batch.to(self.device, dtype=self._dtype))
-        return _normalised(feats)
+        with torch.inference_mode():
+            feats = self.model.encode_image(batch.to(self.device, dtype=self._dtype))
+            return _normalised(feats)
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         if not images:
             return np.zeros((0, self.dim), np.float32)
         return self.encode_pixels(np.stack([self.prepare(im) for im in images]))
 
-    @torch.inference_mode()
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        tokens = self.tokenizer(list(texts)).to(self.device)
-        return _normalised(self.model.encode_text(tokens))
+        with torch.inference_mode():
+            tokens = self.tokenizer(list(texts)).to(self.device)
+            return _normalised(self.model.encode_text(tokens))
 
     def same_model(self, other: dict[str, Any]) -> bool:
         keys = ("arch", "source", "dim")
@@ -159,6 +170,7 @@ def _normalised(feats: torch.Tensor) -> np.ndarray:
 def load_encoder(name: str, weights: str | Path | None = None, device: str = "auto") -> Encoder:
     """Build an encoder from a model name and optional local weights (a file or a folder)."""
     import open_clip
+    import torch
 
     _register_configs()
     spec = ModelSpec.parse(name, weights)
@@ -214,13 +226,18 @@ def load_encoder(name: str, weights: str | Path | None = None, device: str = "au
 
 
 def _has_proj(model: torch.nn.Module) -> bool:
+    import torch
+
     proj = getattr(model, "text_projection", None)
     return isinstance(proj, torch.Tensor | torch.nn.Parameter) and proj.ndim == 2
 
 
-@torch.inference_mode()
 def _probe_dim(model: torch.nn.Module, dev: torch.device) -> int:
+    import torch
+
     size = model.visual.preprocess_cfg.get("size", 224)
     size = size if isinstance(size, int) else size[0]
     dtype = next(model.parameters()).dtype
-    return int(model.encode_image(torch.zeros(1, 3, size, size, device=dev, dtype=dtype)).shape[-1])
+    with torch.inference_mode():
+        probe = torch.zeros(1, 3, size, size, device=dev, dtype=dtype)
+        return int(model.encode_image(probe).shape[-1])

@@ -290,3 +290,29 @@ def test_refresh_reads_only_what_changed(tmp_path):
     want_ids, want = load(writer.encoder.dim)
     assert ids.tolist() == want_ids.tolist() and np.array_equal(matrix, want)
     assert len(ids) == 10 + 3 - 2
+
+
+def test_catalog_from_before_a_new_column_is_migrated(tmp_path):
+    root = tmp_path / "photos"
+    make_folder(root, 3)
+    lib = open_lib(root)
+    lib.index()
+    lib.close()
+    # Rebuild the images table as the first release made it: the same DDL without `gen`.
+    from loupe.catalog import SCHEMA
+
+    gen_line = ",\n    gen INTEGER NOT NULL DEFAULT 0      -- the generation that last wrote the row"
+    assert gen_line in SCHEMA
+    old_ddl = SCHEMA.replace(gen_line, "")
+    with sqlite3.connect(root / ".loupe" / "catalog.db") as db:
+        db.executescript("DROP INDEX images_gen; ALTER TABLE images RENAME TO newer;")
+        db.executescript(old_ddl)
+        columns = [r[1] for r in db.execute("PRAGMA table_info(images)")]
+        db.execute(f"INSERT INTO images SELECT {', '.join(columns)} FROM newer")
+        db.execute("DROP TABLE newer")
+        assert "gen" not in columns
+    reopened = Library.open(root / ".loupe", device="cpu")
+    assert "gen" in {r[1] for r in reopened.catalog.db.execute("PRAGMA table_info(images)")}
+    assert len(reopened.search(image=root / "img0001.png", k=3)) == 3
+    make_folder(root, 1, start=9)
+    assert reopened.index().added == 1

@@ -8,9 +8,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from loupe.rerank import describe
-from loupe.rerank.dba import DEFAULT_ALPHA, DEFAULT_K
-
 
 def register(app: typer.Typer) -> None:
     """Add the `rerankers` command to the loupe CLI."""
@@ -20,6 +17,10 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     ) -> None:
         """List the rerankers (--rerank NAME[:key=value...], comma-chained) with their defaults."""
+        # Imported here: the methods pull in torch and OpenCV, which other commands need not load.
+        from loupe.rerank import describe
+        from loupe.rerank.dba import DEFAULT_ALPHA, DEFAULT_K
+
         entries = describe()
         if as_json:
             typer.echo(json.dumps(entries, indent=2))

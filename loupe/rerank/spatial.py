@@ -20,15 +20,18 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import cv2
 import numpy as np
-import torch
 from PIL import Image
 
 from loupe.rerank.base import Reranker, Store, check_positive
 from loupe.types import Box, Candidates, Query
+
+if TYPE_CHECKING:
+    import torch
+
+# torch and OpenCV are imported where used: listing or parsing rerankers loads neither.
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +110,8 @@ class Spatial(Reranker):
 
     def extract(self, image: Image.Image) -> LocalFeatures:
         """Local features of an image, downscaled so that its longer side is at most max_side."""
+        import cv2
+
         gray = image.convert("L")
         width, height = gray.size
         factor = max(width, height) / self.max_side
@@ -134,6 +139,8 @@ class Spatial(Reranker):
 
     def verify(self, query: LocalFeatures, target: LocalFeatures) -> tuple[int, Box | None]:
         """Inlier count of the best geometric model from query to target, and the inliers' box."""
+        import cv2
+
         needed = 4 if self.model == "homography" else 3
         if len(query) < needed or len(target) < needed:
             return 0, None
@@ -195,14 +202,22 @@ def mutual_matches(
     query: np.ndarray, target: np.ndarray, detector: str = "sift", ratio: float = 0.8
 ) -> np.ndarray:
     """(n, 2) index pairs that pass the ratio test and are each other's nearest neighbours."""
+
     if detector == "orb":
         return _hamming_matches(query, target, ratio)
     return _rootsift_matches(query, target, ratio)
 
 
-@torch.inference_mode()
 def _rootsift_matches(query: np.ndarray, target: np.ndarray, ratio: float) -> np.ndarray:
-    a, b = _rootsift(query), _rootsift(target)
+    import torch
+
+    with torch.inference_mode():
+        return _rootsift_pairs(_rootsift(query), _rootsift(target), ratio)
+
+
+def _rootsift_pairs(a: torch.Tensor, b: torch.Tensor, ratio: float) -> np.ndarray:
+    import torch
+
     sim = a @ b.T                   # Hellinger kernel: larger = closer
     best2, nearest = sim.topk(min(2, sim.shape[1]), dim=1)
     dist = torch.sqrt((2.0 - 2.0 * best2).clamp_min(0.0))
@@ -217,6 +232,8 @@ def _rootsift_matches(query: np.ndarray, target: np.ndarray, ratio: float) -> np
 
 
 def _rootsift(desc: np.ndarray) -> torch.Tensor:
+    import torch
+
     # RootSIFT (Arandjelovic & Zisserman 2012): L1-normalise then square root, so the
     # dot product is the Hellinger kernel and every row has unit L2 norm.
     x = torch.from_numpy(desc.astype(np.float32))
@@ -224,6 +241,8 @@ def _rootsift(desc: np.ndarray) -> torch.Tensor:
 
 
 def _hamming_matches(query: np.ndarray, target: np.ndarray, ratio: float) -> np.ndarray:
+    import cv2
+
     # OpenCV's brute-force Hamming matcher counts bits with SIMD popcount: several
     # times faster than any float formulation of the same distances.
     matcher = cv2.BFMatcher(cv2.NORM_HAMMING)

@@ -14,10 +14,9 @@ Cost O(M^2 D) per query, done as a few batched tensor operations on the CPU or G
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
 from loupe.encoders import resolve_device
 from loupe.rerank.base import Reranker, Store, check_positive
@@ -51,12 +50,19 @@ class SuperGlobal(Reranker):
         )
 
 
-@torch.inference_mode()
 def refine_scores(
     query: np.ndarray, shortlist: np.ndarray, k: int = 9, beta: float = 0.15, device: str = "auto"
 ) -> np.ndarray:
     """SuperGlobal scores (s1 + s2) / 2 of each shortlist row, in the shortlist's order."""
-    dev = resolve_device(device)
+    import torch
+
+    with torch.inference_mode():
+        return _refine(query, shortlist, k, beta, resolve_device(device))
+
+
+def _refine(query: np.ndarray, shortlist: np.ndarray, k: int, beta: float, dev: Any) -> np.ndarray:
+    import torch
+
     x = torch.as_tensor(np.ascontiguousarray(shortlist, dtype=np.float32), device=dev)
     q = torch.as_tensor(np.asarray(query, dtype=np.float32).reshape(-1), device=dev)
     if x.ndim != 2 or x.shape[1] != q.shape[0]:
