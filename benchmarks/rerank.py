@@ -59,7 +59,7 @@ OUT = Path(__file__).resolve().parent / "results" / "rerank.json"
 
 
 class PhotoStore:
-    """The store contract (CONTRACT.md) over a folder of photos and their vectors, in memory."""
+    """The store protocol (loupe.rerank.base.Store) over a folder of photos and their vectors, in memory."""
 
     def __init__(self, paths: list[Path], matrix: np.ndarray, cache_root: Path):
         self.paths = paths

@@ -24,7 +24,7 @@ def clustered(rng: np.random.Generator, clusters: int, per: int, d: int, noise: 
 
 
 class VectorStore:
-    """The vector half of the store contract (CONTRACT.md), in memory."""
+    """The vector half of the store protocol (loupe.rerank.base.Store), in memory."""
 
     def __init__(self, matrix: np.ndarray):
         self.ids = np.arange(100, 100 + len(matrix), dtype=np.int64)  # ids are not row numbers

@@ -23,7 +23,7 @@ FAST = {"max_side": 640, "workers": 2}
 
 
 class ImageStore:
-    """The store contract (CONTRACT.md) over a list of image files, in memory."""
+    """The store protocol (loupe.rerank.base.Store) over a list of image files, in memory."""
 
     def __init__(self, paths: list[Path], cache_root: Path):
         self.paths = {100 + i: p for i, p in enumerate(paths)}     # ids are not list positions

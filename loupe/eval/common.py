@@ -192,7 +192,7 @@ class Embedder:
 
 
 class InMemoryStore:
-    """The store side of a Library (see notes/CONTRACT.md) over a dataset's gallery.
+    """The store side of a Library (the `loupe.rerank.base.Store` protocol) over a dataset's gallery.
 
     Ids are positions in `paths`. Rerankers ask it for vectors, neighbours and
     pixels exactly as they ask a Library.
