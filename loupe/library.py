@@ -34,6 +34,7 @@ class ModelMismatch(LibraryError):
 class _Snapshot:
     generation: int
     index: VectorIndex
+    plain: bool = True      # vectors as stored (no DBA): safe to bring up to date row by row
 
 
 def find_library(start: Path | None = None) -> Path | None:
@@ -162,16 +163,17 @@ class Library:
         snap = self._snapshot
         if snap is None or snap.generation != gen:
             ids_file, matrix_file = self._vector_files(gen)
+            plain = not self.catalog.get_meta("dba")
             try:
                 ids, matrix = np.load(ids_file), np.load(matrix_file, mmap_mode="r")
             except (OSError, ValueError):
                 # Labelled with the generation read before loading: whatever commits
                 # meanwhile is newer than the label and is fetched by the next refresh.
-                if snap is not None and not self.catalog.get_meta("dba"):
+                if snap is not None and snap.plain and plain:
                     ids, matrix = self._updated(snap)
                 else:
                     ids, matrix = self._searchable_matrix()
-            snap = _Snapshot(gen, VectorIndex(ids, matrix))
+            snap = _Snapshot(gen, VectorIndex(ids, matrix), plain)
             self._snapshot = snap
         return snap.index
 

@@ -316,3 +316,23 @@ def test_catalog_from_before_a_new_column_is_migrated(tmp_path):
     assert len(reopened.search(image=root / "img0001.png", k=3)) == 3
     make_folder(root, 1, start=9)
     assert reopened.index().added == 1
+
+
+def test_turning_dba_off_restores_the_stored_vectors(tmp_path):
+    root = tmp_path / "photos"
+    make_folder(root, 12)
+    lib = open_lib(root)
+    lib.index()
+    raw_ids, raw = lib.catalog.load_matrix(lib.encoder.dim)
+    lib.set_dba(3)
+    ids, augmented = lib.all_vectors()
+    assert ids.tolist() == raw_ids.tolist() and not np.allclose(augmented, raw)
+    make_folder(root, 1, start=40)
+    lib.index()                                            # DBA kept current as images come
+    assert len(lib.all_vectors()[0]) == 13
+    lib.set_dba(None)
+    make_folder(root, 1, start=41)
+    lib.index()
+    ids, matrix = lib.all_vectors()
+    raw_ids, raw = lib.catalog.load_matrix(lib.encoder.dim)
+    assert ids.tolist() == raw_ids.tolist() and np.array_equal(matrix, raw)
