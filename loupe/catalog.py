@@ -189,21 +189,6 @@ class Catalog:
         rows = self.db.execute("SELECT id FROM images WHERE status = 'ok' ORDER BY id")
         return np.fromiter((r[0] for r in rows), dtype=np.int64)
 
-    def vectors(self, ids: Iterable[int], dim: int) -> np.ndarray:
-        ids = [int(i) for i in ids]
-        found: dict[int, bytes] = {}
-        for chunk in range(0, len(ids), 500):
-            part = ids[chunk:chunk + 500]
-            rows = self.db.execute(
-                f"SELECT i.id, e.vector FROM images i JOIN embeddings e ON e.sha256 = i.sha256 "
-                f"WHERE i.id IN ({','.join('?' * len(part))})", part
-            )
-            found.update((r[0], r[1]) for r in rows)
-        missing = [i for i in ids if i not in found]
-        if missing:
-            raise KeyError(f"no vector for image id(s) {missing[:5]}")
-        return np.frombuffer(b"".join(found[i] for i in ids), dtype=np.float32).reshape(-1, dim)
-
     def record(self, image_id: int) -> dict[str, Any] | None:
         row = self.db.execute("SELECT * FROM images WHERE id = ?", (int(image_id),)).fetchone()
         return dict(row) if row else None

@@ -56,7 +56,7 @@ class _Item:
     entry: FileEntry
     sha: str | None = None
     meta: dict[str, Any] | None = None
-    tensor: np.ndarray | None = None
+    pixels: np.ndarray | None = None   # the model's input, for new content
     error: str | None = None
     reused: bool = False
 
@@ -102,17 +102,17 @@ def run_index(catalog: Catalog, encoder: Encoder, root: Path, options: IndexOpti
         return _prepare(entry, root, encoder, options, hashes, left_behind, catalog)
 
     batch: list[_Item] = []
-    n_tensors = 0
+    n_new = 0
     workers = options.workers or max(2, os.cpu_count() or 2)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="loupe-decode") as pool:
         try:
             for item in _ordered(pool, work, todo, window=options.batch_size * 2 + workers):
                 batch.append(item)
-                n_tensors += item.tensor is not None
-                if n_tensors >= options.batch_size:
+                n_new += item.pixels is not None
+                if n_new >= options.batch_size:
                     _commit(catalog, encoder, batch, report, old_sha, left_behind, hashes)
                     done += len(batch)
-                    batch, n_tensors = [], 0
+                    batch, n_new = [], 0
                     if progress:
                         progress(done, total)
             if batch:
@@ -166,14 +166,14 @@ def _prepare(entry: FileEntry, root: Path, encoder: Encoder, options: IndexOptio
     meta = {c: getattr(decoded, c) for c in META_COLUMNS}
     if sha in hashes:  # vector known, metadata lost (e.g. a crash mid-move): keep the vector
         return _Item(entry, sha=sha, meta=meta, reused=True)
-    return _Item(entry, sha=sha, meta=meta, tensor=encoder.prepare(decoded.image))
+    return _Item(entry, sha=sha, meta=meta, pixels=encoder.prepare(decoded.image))
 
 
 def _commit(catalog: Catalog, encoder: Encoder, batch: list[_Item], report: IndexReport,
             old_sha: dict[str, str | None], left_behind: dict[str, dict[str, Any]],
             hashes: set[str]) -> None:
-    fresh = [it for it in batch if it.tensor is not None]
-    vectors = encoder.encode_pixels(np.stack([it.tensor for it in fresh])) if fresh else None
+    fresh = [it for it in batch if it.pixels is not None]
+    vectors = encoder.encode_pixels(np.stack([it.pixels for it in fresh])) if fresh else None
     with catalog.transaction() as db:
         for i, it in enumerate(fresh):
             Catalog.put_vector(db, it.sha, vectors[i])
@@ -205,4 +205,4 @@ def _commit(catalog: Catalog, encoder: Encoder, batch: list[_Item], report: Inde
     report.embedded += len(fresh)
     hashes.update(it.sha for it in fresh)
     for it in batch:
-        it.tensor = None
+        it.pixels = None

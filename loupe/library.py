@@ -368,7 +368,7 @@ class Library:
         out = []
         for i, s, b in zip(cands.ids, cands.scores, cands.boxes, strict=True):
             rec = records[int(i)]
-            meta = {k: rec[k] for k in ("width", "height", "format", "date", "camera")}
+            meta = {k: rec[k] for k in ("width", "height", "format", "date", "camera", "sha256")}
             meta["rel_path"] = rec["path"]
             out.append(Hit(int(i), self.root / rec["path"], float(s), b, meta))
         return out

@@ -129,7 +129,7 @@ def create_app(lib: Library, token: str, *, max_upload_bytes: int = MAX_UPLOAD_B
     def metadata(image_id: ImageId) -> dict[str, Any]:
         rec = image_record(lib, image_id)
         out = {k: v for k, v in rec.items() if k != "path"}
-        return {**out, "rel_path": rec["path"], **_urls(rec)}
+        return {**out, "rel_path": rec["path"], **_urls(rec["id"], rec["sha256"])}
 
     @app.get("/api/images/{image_id}/thumb", tags=["images"],
              responses={200: {"content": {"image/jpeg": {}}}, 304: {}})
@@ -232,19 +232,18 @@ def _page(lib: Library, p: SearchParams, **query: Any) -> dict[str, Any]:
     # One extra result says whether another page exists.
     hits = lib.search(**query, k=p.offset + p.k + 1, filters=p.filters, rerank=p.rerank)
     page = hits[p.offset:p.offset + p.k]
-    records = lib.catalog.records([h.id for h in page])
     results = []
     for rank, h in enumerate(page, p.offset + 1):
         d = h.to_dict()
         del d["path"]  # the server's own paths are none of the client's business
-        results.append({**d, "rank": rank, **_urls(records[h.id])})
+        results.append({**d, "rank": rank, **_urls(h.id, h.meta["sha256"])})
     return {"offset": p.offset, "k": p.k, "has_more": len(hits) > p.offset + p.k,
             "results": results, "took_ms": round((time.perf_counter() - started) * 1000, 2)}
 
 
-def _urls(rec: dict[str, Any]) -> dict[str, str]:
-    base = f"/api/images/{rec['id']}"
-    version = (rec.get("sha256") or "")[:16]
+def _urls(image_id: int, sha256: str | None) -> dict[str, str]:
+    base = f"/api/images/{image_id}"
+    version = (sha256 or "")[:16]
     return {"url": base, "thumb": f"{base}/thumb?v={version}", "large": f"{base}/thumb?size=1024&v={version}",
             "file": f"{base}/file"}
 
