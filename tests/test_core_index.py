@@ -52,8 +52,9 @@ def test_every_image_is_its_own_top1(tmp_path):
 def test_real_photos_self_retrieval(tmp_path, shared_data):
     photos = tmp_path / "photos"
     src = sorted((shared_data / "strecha" / "scenes" / "fountain-P11").glob("*.jpg"))[:6]
+    photos.mkdir()
     for p in src:
-        shutil.copy(p, photos / p.name) if photos.exists() else (photos.mkdir(), shutil.copy(p, photos / p.name))
+        shutil.copy(p, photos / p.name)
     lib = open_lib(photos)
     lib.index()
     for p in src:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -48,7 +50,7 @@ def test_cli_weights_flag_offline(tmp_path, checkpoint):
     r = cli("search", "--image", str(tmp_path / "photos" / "img0002.png"), "-k", "1", "--json",
                 cwd=tmp_path / "photos")
     assert r.exit_code == 0, r.stderr
-    assert '"img0002.png"' in r.stdout.replace("rel_path", "").replace('": "', '"')
+    assert json.loads(r.stdout)["results"][0]["rel_path"] == "img0002.png"
 
 
 def test_model_mismatch_is_refused(tmp_path, checkpoint):
