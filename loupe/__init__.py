@@ -6,12 +6,12 @@
 """
 
 from loupe.config import Filters, IndexOptions
-from loupe.library import Library, LibraryError, ModelMismatch
+from loupe.library import Library, LibraryError, ModelMismatch, UnknownImage
 from loupe.query import QueryError
 from loupe.types import Candidates, Hit, Query
 
 __version__ = "0.1.0"
 __all__ = [
     "Candidates", "Filters", "Hit", "IndexOptions", "Library", "LibraryError", "ModelMismatch",
-    "Query", "QueryError", "__version__",
+    "Query", "QueryError", "UnknownImage", "__version__",
 ]

@@ -30,7 +30,7 @@ from loupe.library import Library, LibraryError, find_library
 from loupe.query import QueryError, looks_like_expr, parse_box
 
 err = Console(stderr=True)
-USER_ERRORS = (LibraryError, QueryError, ModelError, DecodeError, FileNotFoundError, KeyError)
+USER_ERRORS = (LibraryError, QueryError, ModelError, DecodeError, FileNotFoundError)
 
 
 class _Group(TyperGroup):
@@ -40,8 +40,7 @@ class _Group(TyperGroup):
         try:
             return super().invoke(ctx)
         except USER_ERRORS as exc:
-            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-            err.print(f"[bold red]error:[/] {message}", highlight=False)
+            err.print(f"[bold red]error:[/] {exc}", highlight=False)
             raise typer.Exit(2) from None
 
 
@@ -72,6 +71,13 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts in
 class _RateColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         return Text(f"{task.speed:.1f} img/s" if task.speed else "- img/s", style="cyan")
+
+
+def _progress(label: str, quiet: bool) -> Progress:
+    """A bar with count, images/s and ETA on stderr; silent for --json or without a terminal."""
+    columns = (TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    return Progress(*columns, console=err, disable=quiet or not err.is_terminal)
 
 
 def _open(library: Path | None, model: str | None, weights: Path | None, device: str,
@@ -123,9 +129,7 @@ def index(
         workers=workers, max_pixels=max_pixels, max_file_bytes=int(max_file_mb * 2**20),
     )
     _ = lib.encoder  # load (and check) the model before the progress bar starts
-    columns = (TextColumn("[bold]indexing"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
-               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-    with Progress(*columns, console=err, disable=json_out or not err.is_terminal) as bar:
+    with _progress("indexing", quiet=json_out) as bar:
         task = bar.add_task("index", total=None)
 
         def progress(done: int, total: int) -> None:
@@ -138,12 +142,17 @@ def index(
             err.print("[yellow]interrupted[/]: every finished batch is saved; "
                       "run the same command again to finish.")
             raise typer.Exit(130) from None
+    features: dict[str, int] | None = None
     if local_features:
         from loupe.rerank.spatial import precompute
 
-        precompute(lib, lib.all_vectors()[0], progress=None)
+        ids = lib.all_vectors()[0]
+        with _progress("local features", quiet=json_out) as bar:
+            task = bar.add_task("features", total=len(ids))
+            features = precompute(lib, ids, progress=lambda n: bar.advance(task, n))
     if json_out:
-        print(json.dumps({"library": str(lib.path), **report.to_dict()}, indent=2))
+        extra = {"local_features": features} if features is not None else {}
+        print(json.dumps({"library": str(lib.path), **report.to_dict(), **extra}, indent=2))
         return
     parts = [f"{report.scanned} files", f"{report.added} added", f"{report.updated} updated",
              f"{report.moved} moved", f"{report.copies} copies", f"{report.removed} removed",
@@ -154,6 +163,8 @@ def index(
         err.print(f"  [red]skipped[/] {path}: {why}", highlight=False)
     if len(report.error_list) > 20:
         err.print(f"  ... and {len(report.error_list) - 20} more (`loupe stats --json` lists all)")
+    if features is not None:
+        err.print("local features: " + ", ".join(f"{v} {k}" for k, v in features.items()))
     err.print(f"library: {lib.path}")
 
 

@@ -30,6 +30,14 @@ class ModelMismatch(LibraryError):
     """The library's vectors come from another model than the one asked for."""
 
 
+class UnknownImage(LibraryError, KeyError):
+    """An id that names no (searchable) image of this library. A KeyError too, for
+    callers that look ids up; a LibraryError, so the CLI reports it as the user's."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 @dataclass(frozen=True)
 class _Snapshot:
     generation: int
@@ -238,7 +246,7 @@ class Library:
         pos = index.positions(ids)
         if len(pos) != len(ids):
             missing = np.setdiff1d(ids, index.ids)
-            raise KeyError(f"no searchable image with id(s) {missing[:5].tolist()}")
+            raise UnknownImage(f"no searchable image with id(s) {missing[:5].tolist()}")
         return index.matrix[pos]
 
     def search_vector(self, vector: np.ndarray, k: int, filters: Filters | None = None,
@@ -249,7 +257,7 @@ class Library:
     def record(self, image_id: int) -> dict[str, Any]:
         rec = self.catalog.record(image_id)
         if rec is None:
-            raise KeyError(f"no image with id {image_id}")
+            raise UnknownImage(f"no image with id {image_id}")
         return rec
 
     def image_path(self, image_id: int) -> Path:

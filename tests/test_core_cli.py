@@ -85,3 +85,18 @@ def test_paths_are_printed_literally(tmp_path):
     assert cli("index", str(root), "--model", TINY, "--device", "cpu").exit_code == 0
     r = cli("search", "--image", "[draft] beach.png", "-k", "1", cwd=root)
     assert r.exit_code == 0 and "[draft] beach.png" in r.stdout
+
+
+def test_index_with_dba_and_local_features(tmp_path):
+    root = tmp_path / "photos"
+    make_folder(root, 5)
+    r = cli("index", str(root), "--model", TINY, "--device", "cpu", "--dba", "3",
+            "--local-features", "--json")
+    assert r.exit_code == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["local_features"]["extracted"] + out["local_features"]["cached"] == 5
+    assert out["local_features"]["failed"] == 0
+    again = json.loads(cli("index", str(root), "--local-features", "--json").stdout)
+    assert again["local_features"]["cached"] == 5 and again["local_features"]["extracted"] == 0
+    stats = json.loads(cli("stats", "--json", cwd=root).stdout)
+    assert stats["dba"] == {"k": 3, "alpha": 3.0}

@@ -149,3 +149,13 @@ def test_faiss_path_matches_exact_numpy():
     allowed = ids[::3]
     c = faiss_idx.search(m[0], 10, allowed=allowed)
     assert set(c.ids) <= set(allowed.tolist()) and len(c) == 10
+
+
+def test_unknown_ids_are_user_errors_and_key_errors(lib):
+    from loupe import LibraryError, UnknownImage
+
+    with pytest.raises(UnknownImage, match="no image with id 999999") as caught:
+        lib.record(999999)
+    assert isinstance(caught.value, KeyError) and isinstance(caught.value, LibraryError)
+    with pytest.raises(UnknownImage, match="no searchable image"):
+        lib.vectors([999999])
