@@ -50,49 +50,13 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from loupe import rerank  # noqa: E402
+from loupe.eval.common import InMemoryStore  # noqa: E402
 from loupe.rerank import dba  # noqa: E402
 from loupe.rerank.spatial import Spatial, precompute  # noqa: E402
-from loupe.types import Candidates, Query  # noqa: E402
+from loupe.types import Query  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 OUT = Path(__file__).resolve().parent / "results" / "rerank.json"
-
-
-class PhotoStore:
-    """The store protocol (loupe.rerank.base.Store) over a folder of photos and their vectors, in memory."""
-
-    def __init__(self, paths: list[Path], matrix: np.ndarray, cache_root: Path):
-        self.paths = paths
-        self.ids = np.arange(len(paths), dtype=np.int64)
-        self.matrix = matrix
-        self.cache_root = cache_root
-
-    def vectors(self, ids: np.ndarray) -> np.ndarray:
-        return self.matrix[np.asarray(ids, dtype=np.int64)]
-
-    def all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.ids, self.matrix
-
-    def search_vector(self, vec: np.ndarray, k: int, filters=None, exclude=()) -> Candidates:
-        scores = self.matrix @ vec
-        if len(exclude):
-            scores[list(exclude)] = -np.inf
-        k = min(k, len(scores) - len(exclude))
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top], kind="stable")]
-        return Candidates(self.ids[top], scores[top])
-
-    def image_path(self, id_: int) -> Path:
-        return self.paths[int(id_)]
-
-    def load_image(self, id_: int) -> Image.Image:
-        with Image.open(self.paths[int(id_)]) as im:
-            return im.convert("RGB")
-
-    def cache_dir(self, name: str) -> Path:
-        folder = self.cache_root / name
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
 
 
 def dataset(strecha_stride: int = 1) -> tuple[list[Path], np.ndarray, np.ndarray, list[int]]:
@@ -152,11 +116,11 @@ def run(args: argparse.Namespace) -> dict:
     sift = Spatial(depth=args.spatial_depth)
     orb = Spatial(depth=args.spatial_depth, detector="orb")
     with tempfile.TemporaryDirectory(prefix="loupe-rerank-bench-") as tmp:
-        features = PhotoStore(paths, np.zeros((len(paths), 1), np.float32), Path(tmp))
+        features = InMemoryStore(paths, np.zeros((len(paths), 1), np.float32), Path(tmp))
         offline = {}
         for name, spatial in (("sift", sift), ("orb", orb)):
             t0 = time.perf_counter()
-            counts = precompute(features, features.ids, reranker=spatial)
+            counts = precompute(features, features.all_vectors()[0], reranker=spatial)
             offline[f"local_features_{name}_s_per_image"] = (time.perf_counter() - t0) / len(paths)
             assert counts["failed"] == 0, counts
         runs = [evaluate(name, data, Path(tmp), sift, orb) for name in args.first_stage.split(",")]
@@ -184,11 +148,11 @@ def evaluate(first_stage: str, data: tuple, cache_root: Path, sift: Spatial, orb
     t0 = time.perf_counter()
     augmented = dba.augment(matrix, dba.DEFAULT_K, dba.DEFAULT_ALPHA)
     dba_s = time.perf_counter() - t0
-    plain = PhotoStore(paths, matrix, cache_root)
-    with_dba = PhotoStore(paths, augmented, cache_root)
+    plain = InMemoryStore(paths, matrix, cache_root)
+    with_dba = InMemoryStore(paths, augmented, cache_root)
 
     m = sift.depth
-    configs: list[tuple[str, PhotoStore, list]] = [
+    configs: list[tuple[str, InMemoryStore, list]] = [
         ("first stage", plain, []),
         ("+ superglobal", plain, rerank.get("superglobal")),
         ("+ qe", plain, rerank.get("qe")),
