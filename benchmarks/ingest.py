@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from loupe.config import DEFAULT_MODEL, IndexOptions
+from loupe.core.config import DEFAULT_MODEL, IndexOptions
 from loupe.library import Library
 
 HERE = Path(__file__).resolve().parent

@@ -25,7 +25,7 @@ little about a real model; the point is the relative gain of each reranker
 and what it costs per query.
 
 First-stage latency per query = decode the query file + encode + search.
-Added latency = the rerank chain alone (`loupe.rerank.apply`), with database
+Added latency = the rerank chain alone (`loupe.search.pipeline.apply`), with database
 local features already cached on disk (as after `loupe index --local-features`);
 query features are extracted per query and counted.
 """
@@ -49,11 +49,12 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from loupe import rerank  # noqa: E402
-from loupe.eval.common import InMemoryStore  # noqa: E402
-from loupe.rerank import dba  # noqa: E402
-from loupe.rerank.spatial import Spatial, precompute  # noqa: E402
-from loupe.types import Query  # noqa: E402
+from loupe.core.types import Query  # noqa: E402
+from loupe.index import dba  # noqa: E402
+from loupe.search import pipeline  # noqa: E402
+from loupe.search import stages as rerank  # noqa: E402
+from loupe.search.stages.spatial import Spatial, precompute  # noqa: E402
+from loupe.storage.memory import MemoryStore  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 OUT = Path(__file__).resolve().parent / "results" / "rerank.json"
@@ -94,7 +95,7 @@ def histogram_encoder() -> Callable[[Image.Image], np.ndarray]:
 
 
 def tiny_model_encoder() -> Callable[[Image.Image], np.ndarray]:
-    from loupe.encoders import load_encoder
+    from loupe.models.openclip import load_encoder
 
     encoder = load_encoder("loupe-tiny:random", device="cpu")
     return lambda image: encoder.encode_images([image])[0]
@@ -116,7 +117,7 @@ def run(args: argparse.Namespace) -> dict:
     sift = Spatial(depth=args.spatial_depth)
     orb = Spatial(depth=args.spatial_depth, detector="orb")
     with tempfile.TemporaryDirectory(prefix="loupe-rerank-bench-") as tmp:
-        features = InMemoryStore(paths, np.zeros((len(paths), 1), np.float32), Path(tmp))
+        features = MemoryStore(paths, np.zeros((len(paths), 1), np.float32), Path(tmp))
         offline = {}
         for name, spatial in (("sift", sift), ("orb", orb)):
             t0 = time.perf_counter()
@@ -148,11 +149,11 @@ def evaluate(first_stage: str, data: tuple, cache_root: Path, sift: Spatial, orb
     t0 = time.perf_counter()
     augmented = dba.augment(matrix, dba.DEFAULT_K, dba.DEFAULT_ALPHA)
     dba_s = time.perf_counter() - t0
-    plain = InMemoryStore(paths, matrix, cache_root)
-    with_dba = InMemoryStore(paths, augmented, cache_root)
+    plain = MemoryStore(paths, matrix, cache_root)
+    with_dba = MemoryStore(paths, augmented, cache_root)
 
     m = sift.depth
-    configs: list[tuple[str, InMemoryStore, list]] = [
+    configs: list[tuple[str, MemoryStore, list]] = [
         ("first stage", plain, []),
         ("+ superglobal", plain, rerank.get("superglobal")),
         ("+ qe", plain, rerank.get("qe")),
@@ -179,7 +180,7 @@ def evaluate(first_stage: str, data: tuple, cache_root: Path, sift: Spatial, orb
         for label, store, chain in configs:
             candidates = store.search_vector(vec, len(paths), exclude=(qi,))
             t0 = time.perf_counter()
-            ranked = rerank.apply(chain, query, candidates, store)
+            ranked = pipeline.apply(chain, query, candidates, store)
             added[label].append((time.perf_counter() - t0) * 1000)
             assert len(ranked) == len(paths) - 1 and len(set(ranked.ids.tolist())) == len(ranked)
             aps[label].append(average_precision(ranked.ids, relevant))

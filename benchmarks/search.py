@@ -18,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loupe.catalog import Catalog
-from loupe.config import DEFAULT_MODEL
+from loupe.core.config import DEFAULT_MODEL
 from loupe.library import Library
 
 HERE = Path(__file__).resolve().parent
@@ -31,16 +30,17 @@ def fill(lib: Library, n: int, seed: int = 0) -> float:
     dim = lib.encoder.dim
     rng = np.random.default_rng(seed)
     t = time.perf_counter()
-    with lib.catalog.transaction() as db:
+
+    def rows():
         for start in range(0, n, 10_000):
             block = rng.normal(size=(min(10_000, n - start), dim)).astype(np.float32)
             block /= np.linalg.norm(block, axis=1, keepdims=True)
             for j, vec in enumerate(block):
                 i = start + j
-                sha = f"{i:064x}"
-                Catalog.put_vector(db, sha, vec)
-                Catalog.put_image(db, f"img/{i // 1000:03d}/{i:07d}.jpg", 1000, 0.0, sha=sha,
-                                  meta={"width": 640, "height": 480, "format": "JPEG"})
+                yield (f"img/{i // 1000:03d}/{i:07d}.jpg", f"{i:064x}", vec,
+                       {"width": 640, "height": 480, "format": "JPEG", "size": 1000})
+
+    lib.add_embedded(rows())
     return time.perf_counter() - t
 
 
@@ -50,12 +50,10 @@ def refresh_times(lib: Library, batches: int, batch_size: int = 32) -> list[floa
     rng = np.random.default_rng(2)
     dim, out = lib.encoder.dim, []
     for b in range(batches):
-        with lib.catalog.transaction() as db:
-            for j in range(batch_size):
-                vec = rng.normal(size=dim).astype(np.float32)
-                sha = f"new{b:04d}{j:04d}".ljust(64, "0")
-                Catalog.put_vector(db, sha, vec / np.linalg.norm(vec))
-                Catalog.put_image(db, f"new/{b}/{j}.jpg", 1000, 0.0, sha=sha, meta={"format": "JPEG"})
+        vecs = rng.normal(size=(batch_size, dim)).astype(np.float32)
+        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+        lib.add_embedded([(f"new/{b}/{j}.jpg", f"new{b:04d}{j:04d}".ljust(64, "0"), vecs[j],
+                           {"format": "JPEG", "size": 1000}) for j in range(batch_size)])
         t = time.perf_counter()
         lib.refresh()
         out.append(time.perf_counter() - t)

@@ -2,7 +2,7 @@
 against a 100k-image library, once idle and once while a background re-index runs.
 
 The library holds real photos (indexed the ordinary way; the image queries upload them)
-plus N synthetic entries: random unit vectors written through the catalog, each with an
+plus N synthetic entries: random unit vectors added through `Library.add_embedded`, each with an
 empty placeholder file so that a re-index scans them as unchanged, as it would a real
 100k folder. During the second phase a driver keeps the indexer busy: it swaps a batch of
 new photo crops into the folder and re-indexes, round after round, through the API.
@@ -38,8 +38,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from loupe.catalog import Catalog
-from loupe.config import DEFAULT_MODEL
+from loupe.core.config import DEFAULT_MODEL
 from loupe.library import Library
 
 HERE = Path(__file__).resolve().parent
@@ -70,7 +69,8 @@ def build_library(root: Path, model: str, n_vectors: int, n_real: int) -> tuple[
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((n_vectors, dim), dtype=np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    with lib.catalog.transaction() as db:
+
+    def rows():
         for i in range(n_vectors):
             rel = f"synthetic/{i // 1000:03d}/{i:06d}.jpg"
             path = root / rel
@@ -78,10 +78,10 @@ def build_library(root: Path, model: str, n_vectors: int, n_real: int) -> tuple[
                 path.parent.mkdir(parents=True, exist_ok=True)
             path.touch()
             st = path.stat()
-            sha = f"{i:064x}"
-            Catalog.put_image(db, rel, st.st_size, st.st_mtime, sha=sha,
-                              meta={"width": 640, "height": 480, "format": "JPEG"})
-            Catalog.put_vector(db, sha, vectors[i])
+            yield (rel, f"{i:064x}", vectors[i], {"width": 640, "height": 480, "format": "JPEG",
+                                                  "size": st.st_size, "mtime": st.st_mtime})
+
+    lib.add_embedded(rows())
     lib.save_vectors()  # as `loupe index` leaves a library: the server memory-maps them at start
     return lib, [root / "real" / p.name for p in photos]
 

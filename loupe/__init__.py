@@ -5,13 +5,13 @@
     hits = lib.search("a red bicycle at night", k=20)
 """
 
-from loupe.config import Filters, IndexOptions
-from loupe.library import Library, LibraryError, ModelMismatch, UnknownImage
-from loupe.query import QueryError
-from loupe.types import Candidates, Hit, Query
+from loupe.core.config import IndexOptions
+from loupe.core.errors import LibraryError, ModelMismatch, QueryError, UnknownImage
+from loupe.core.types import Candidates, Filters, Hit, Query, SearchRequest
+from loupe.library import Library
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = [
     "Candidates", "Filters", "Hit", "IndexOptions", "Library", "LibraryError", "ModelMismatch",
-    "Query", "QueryError", "UnknownImage", "__version__",
+    "Query", "QueryError", "SearchRequest", "UnknownImage", "__version__",
 ]

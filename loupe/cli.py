@@ -23,11 +23,12 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
-from loupe.config import LIBRARY_DIRNAME, Filters, IndexOptions
-from loupe.decode import DecodeError
-from loupe.encoders import ModelError
+from loupe.core.config import LIBRARY_DIRNAME, IndexOptions
+from loupe.core.types import Filters
 from loupe.library import Library, LibraryError, find_library
-from loupe.query import QueryError, looks_like_expr, parse_box
+from loupe.media.decode import DecodeError
+from loupe.models.openclip import ModelError
+from loupe.search.query import QueryError, looks_like_expr, parse_box
 
 err = Console(stderr=True)
 USER_ERRORS = (LibraryError, QueryError, ModelError, DecodeError, FileNotFoundError)
@@ -112,6 +113,9 @@ def index(
     dba: Annotated[int | None, typer.Option(
         help="Database-side augmentation: blend each vector with its K nearest neighbours (0 turns it off).",
         show_default=False)] = None,
+    index_spec: Annotated[str | None, typer.Option(
+        "--index", help="Search index kind, a FAISS-like spec: Exact, Flat, HNSW32, IVF1024,PQ64,Refine; "
+        "'auto' chooses by size (the default). Recorded in the library.", show_default=False)] = None,
     local_features: Annotated[bool, typer.Option(
         "--local-features", help="Also extract local features now, for `--rerank spatial`.")] = False,
     json_out: JsonOpt = False,
@@ -127,8 +131,8 @@ def index(
     options = IndexOptions(
         include=tuple(include or ()), exclude=tuple(exclude or ()), batch_size=batch_size,
         workers=workers, max_pixels=max_pixels, max_file_bytes=int(max_file_mb * 2**20),
+        index_spec=index_spec,
     )
-    _ = lib.encoder  # load (and check) the model before the progress bar starts
     with _progress("indexing", quiet=json_out) as bar:
         task = bar.add_task("index", total=None)
 
@@ -144,7 +148,7 @@ def index(
             raise typer.Exit(130) from None
     features: dict[str, int] | None = None
     if local_features:
-        from loupe.rerank.spatial import precompute
+        from loupe.search.stages.spatial import precompute
 
         ids = lib.all_vectors()[0]
         with _progress("local features", quiet=json_out) as bar:
@@ -263,10 +267,48 @@ def stats(library: LibraryOpt = None, json_out: JsonOpt = False) -> None:
               f"{info['vectors']} distinct vectors; {info['library_bytes'] / 2**20:.1f} MiB on disk")
     if info["formats"]:
         out.print("formats: " + ", ".join(f"{k} {v}" for k, v in info["formats"].items()))
+    index = info["index"]
+    if index:
+        recall = index.get("recall_at_10")
+        out.print(f"[bold]index[/]   {index.get('spec')}: {index.get('count')} vectors, "
+                  f"{index.get('ram_bytes', 0) / 2**20:.1f} MiB in RAM, "
+                  f"{index.get('disk_bytes', 0) / 2**20:.1f} MiB on disk"
+                  + (f", recall@10 {recall:.3f} against exact" if recall is not None else ""))
+    for space in info["spaces"]:
+        mark = "*" if space["active"] else " "
+        out.print(f" {mark} space {space['id']}: {space['name']} ({space['identity'].get('dim', '?')}-d), "
+                  f"{space['vectors']} vectors", highlight=False)
     for e in info["error_list"][:20]:
         out.print(f"  [red]error[/] {e['path']}: {e['error']}", highlight=False)
     if len(info["error_list"]) > 20:
         out.print(f"  ... and {len(info['error_list']) - 20} more (--json lists all)")
+
+
+@app.command("rerankers")
+def rerankers(json_out: JsonOpt = False) -> None:
+    """List the rerankers (--rerank NAME[:key=value...], comma-chained) with their defaults."""
+    # Imported here: the methods pull in torch and OpenCV, which other commands need not load.
+    from loupe.index.dba import DEFAULT_ALPHA, DEFAULT_K
+    from loupe.search.stages import describe
+
+    entries = describe()
+    if json_out:
+        print(json.dumps(entries, indent=2))
+        return
+    table = Table(title="Rerankers (--rerank name[:key=value...], chain with commas)")
+    table.add_column("name", style="bold")
+    table.add_column("parameters (defaults)")
+    table.add_column("what it does")
+    for entry in entries:
+        params = ", ".join(f"{k}={v}" for k, v in entry["parameters"].items())
+        table.add_row(entry["name"], params, entry["doc"])
+    console = Console()
+    console.print(table)
+    console.print(
+        "DBA is an index option, not a reranker: `loupe index --dba K` averages each stored "
+        f"vector with its K nearest neighbours (weights s^{DEFAULT_ALPHA:g}; K={DEFAULT_K} "
+        "is a common choice) and keeps that up to date as images come and go."
+    )
 
 
 def _date(value: str | None, flag: str) -> str | None:
@@ -288,7 +330,7 @@ def _format_name(name: str) -> str:
 
 
 def _draw_boxes(lib: Library, hits: list[Any], folder: Path) -> None:
-    from loupe.rerank.draw import draw_boxes
+    from loupe.media.draw import draw_boxes
 
     folder.mkdir(parents=True, exist_ok=True)
     for rank, h in enumerate(hits, 1):
@@ -301,10 +343,8 @@ def _draw_boxes(lib: Library, hits: list[Any], folder: Path) -> None:
 
 # Sub-commands that live with their feature.
 from loupe.eval.cli import register as _register_eval  # noqa: E402
-from loupe.rerank.cli import register as _register_rerank  # noqa: E402
 from loupe.server.cli import register as _register_serve  # noqa: E402
 
-_register_rerank(app)
 _register_serve(app)
 _register_eval(app)
 

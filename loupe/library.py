@@ -1,48 +1,46 @@
-"""`Library`: a folder holding the catalog of one image collection, and the way to search it."""
+"""`Library`: the facade over one image collection; the only thing the faces touch.
+
+    lib = Library.open("photos/.loupe")
+    lib.index()                                   # incremental; safe to interrupt
+    hits = lib.search("a red bicycle", k=20)      # or image=, like=, expr=, box=, filters=, rerank=
+
+A library is a folder: its catalog (SQLite: rows, and vectors per embedding space),
+the saved search index of each space, and caches. One space is active for search.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from loupe.catalog import Catalog
-from loupe.config import CATALOG_FILENAME, DEFAULT_MODEL, LIBRARY_DIRNAME, Filters, IndexOptions
-from loupe.decode import load_image
-from loupe.encoders import Encoder, ModelSpec, load_encoder
-from loupe.index import VectorIndex
-from loupe.ingest import IndexReport, Progress, run_index
-from loupe.query import QueryError, combine, fuse, parse_expr
-from loupe.types import Box, Candidates, Hit, Query
+from loupe.core.config import (
+    CATALOG_FILENAME,
+    DEFAULT_MODEL,
+    LIBRARY_DIRNAME,
+    SPACES_DIRNAME,
+    IndexOptions,
+    default,
+)
+from loupe.core.errors import LibraryError, ModelMismatch, QueryError
+from loupe.core.types import Candidates, Hit, Query, SearchRequest
+from loupe.ingest import IndexReport, Progress, plan, run_index
+from loupe.ingest.apply import commit_embedded
+from loupe.models import Encoder, ModelSpec, load_encoder
+from loupe.search import pipeline
+from loupe.search.query import QueryBuilder
+from loupe.storage.catalog import Catalog
+from loupe.storage.store import CatalogStore
+from loupe.storage.vectors import SpaceVectors
 
-
-class LibraryError(ValueError):
-    """A library that cannot be opened or used as asked."""
-
-
-class ModelMismatch(LibraryError):
-    """The library's vectors come from another model than the one asked for."""
-
-
-class UnknownImage(LibraryError, KeyError):
-    """An id that names no (searchable) image of this library. A KeyError too, for
-    callers that look ids up; a LibraryError, so the CLI reports it as the user's."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]) if self.args else ""
-
-
-@dataclass(frozen=True)
-class _Snapshot:
-    generation: int
-    index: VectorIndex
-    plain: bool = True      # vectors as stored (no DBA): safe to bring up to date row by row
+WRITE_LOCK = "write.lock"
 
 
 def find_library(start: Path | None = None) -> Path | None:
@@ -55,10 +53,10 @@ def find_library(start: Path | None = None) -> Path | None:
 
 
 class Library:
-    """One collection: its root folder, its catalog and vectors, and its model.
+    """One collection: its root folder, its catalog, its embedding spaces, its model.
 
-    Reads are safe from many threads while one thread indexes: each search uses
-    an immutable snapshot of the vectors, replaced whole when a commit lands.
+    Reads are safe from many threads while one thread indexes: searches use the active
+    space's snapshot, which its owner (`SpaceVectors`) brings up to date under a lock.
     """
 
     def __init__(self, path: Path, catalog: Catalog, root: Path, model: str,
@@ -70,9 +68,8 @@ class Library:
         self.weights = weights
         self.device = device
         self._encoder: Encoder | None = None
-        self._snapshot: _Snapshot | None = None
-        self._lock = threading.Lock()
-        self.auto_refresh = True
+        self._vectors: SpaceVectors | None = None
+        self._lock = threading.RLock()
 
     # --- opening ----------------------------------------------------------------------------
     @classmethod
@@ -104,7 +101,8 @@ class Library:
             # Stored relative when possible, so a copied folder keeps working.
             catalog.set_meta("root", os.path.relpath(the_root, path.resolve()))
 
-        identity = catalog.get_meta("model")
+        space = catalog.space(catalog.active_space()) if catalog.active_space() else None
+        identity = space["identity"] if space else None
         if identity is None:
             name = model or DEFAULT_MODEL
             if weights is not None and model is None:
@@ -119,19 +117,25 @@ class Library:
 
     @property
     def identity(self) -> dict[str, Any] | None:
-        return self.catalog.get_meta("model")
+        """The active space's identity: model, weights, pixel pipeline (None before the first model)."""
+        space = self.active_space()
+        return space["identity"] if space else None
+
+    def active_space(self) -> dict[str, Any] | None:
+        space = self.catalog.active_space()
+        return self.catalog.space(space) if space is not None else None
 
     @property
     def encoder(self) -> Encoder:
+        """The active space's model, loaded on first use (and checked against the space)."""
         with self._lock:
             if self._encoder is None:
                 enc = load_encoder(self.model, self.weights, self.device)
                 recorded = self.identity
                 if recorded is None:
-                    self.catalog.set_meta("model", {
-                        **enc.identity, "model_name": self.model,
-                        "weights_path": str(self.weights.resolve()) if self.weights else None,
-                    })
+                    identity = {**enc.identity, "model_name": self.model,
+                                "weights_path": str(self.weights.resolve()) if self.weights else None}
+                    self.catalog.add_space(self.model, identity, activate=True)
                 elif not enc.same_model(recorded):
                     raise ModelMismatch(_mismatch_message(recorded, enc.identity, self.path))
                 self._encoder = enc
@@ -149,133 +153,153 @@ class Library:
     # --- indexing ---------------------------------------------------------------------------
     def index(self, options: IndexOptions | None = None, progress: Progress | None = None) -> IndexReport:
         """Bring the catalog up to date with the root folder: embed new and changed files,
-        keep vectors of moved ones, drop deleted ones."""
-        report = run_index(self.catalog, self.encoder, self.root, options or IndexOptions(), progress)
-        self.save_vectors()
+        keep vectors of moved ones, drop deleted ones. Loads the model only when some
+        content is new. One writer per library: a second one gets a clear error."""
+        options = options or IndexOptions()
+        with self.writing():
+            if options.index_spec is not None:
+                self.set_index_spec(options.index_spec)
+            todo = plan(self.catalog, self.root, options)
+            identity = self.identity
+            report = run_index(
+                self.catalog, todo, self.root, options,
+                space=lambda: self.catalog.active_space() or self._space_from_encoder(),
+                encoder=lambda: self.encoder,
+                image_size=int(identity["image_size"]) if identity else None,
+                progress=progress,
+            )
+            self.save_vectors()
         return report
 
-    # --- store side: what rerankers, eval and the server read --------------------------------
-    def snapshot(self) -> VectorIndex:
-        """The searchable vectors as of the last commit. With `auto_refresh` off (a server
-        whose indexer commits every few seconds), the last snapshot is served until
-        `refresh()` is called, so no search waits for a rebuild."""
-        snap = self._snapshot
-        if snap is not None and not self.auto_refresh:
-            return snap.index
-        return self.refresh()
+    def add_embedded(self, rows: Iterable[tuple[str, str, np.ndarray, dict[str, Any]]],
+                     batch_size: int = 10_000) -> int:
+        """Add images embedded elsewhere (another machine, a benchmark's synthetic set) as
+        (relative path, content sha256, vector of the active space, metadata) rows, through
+        the same commit step as `index` (one transaction per batch). Returns rows added."""
+        space = self._space_id()
+        n = 0
+        with self.writing():
+            for batch in _batched(rows, batch_size):
+                commit_embedded(self.catalog, space, batch)
+                n += len(batch)
+        return n
 
-    def refresh(self) -> VectorIndex:
-        """Rebuild the searchable vectors if the catalog changed since the last snapshot:
-        from the saved copy when it is of this generation, else from the catalog."""
-        gen = self.catalog.generation()
-        snap = self._snapshot
-        if snap is None or snap.generation != gen:
-            ids_file, matrix_file = self._vector_files(gen)
-            plain = not self.catalog.get_meta("dba")
+    def _space_from_encoder(self) -> int:
+        _ = self.encoder
+        space = self.catalog.active_space()
+        assert space is not None
+        return space
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the library's write lock (an OS lock: released when the process dies)."""
+        fd = os.open(self.path / WRITE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
             try:
-                ids, matrix = np.load(ids_file), np.load(matrix_file, mmap_mode="r")
-            except (OSError, ValueError):
-                # Labelled with the generation read before loading: whatever commits
-                # meanwhile is newer than the label and is fetched by the next refresh.
-                if snap is not None and snap.plain and plain:
-                    ids, matrix = self._updated(snap)
-                else:
-                    ids, matrix = self._searchable_matrix()
-            snap = _Snapshot(gen, VectorIndex(ids, matrix), plain)
-            self._snapshot = snap
-        return snap.index
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise LibraryError(
+                    f"another process is indexing {self.root} (library {self.path}); "
+                    "wait for it to finish, or stop it"
+                ) from None
+            yield
+        finally:
+            os.close(fd)
 
-    def _updated(self, snap: _Snapshot) -> tuple[np.ndarray, np.ndarray]:
-        """The last snapshot, brought up to date with only the rows written since: what a
-        server pays per refresh while it re-indexes (not every vector read again).
-        Reads that race a commit converge: a row counts by whether it is searchable now."""
-        current = self.catalog.searchable_ids()
-        new_ids, new_vecs = self.catalog.load_matrix(self._dim(), since=snap.generation)
-        fresh = np.isin(new_ids, current)
-        new_ids, new_vecs = new_ids[fresh], new_vecs[fresh]
-        old = snap.index
-        keep = np.isin(old.ids, current) & ~np.isin(old.ids, new_ids)
-        return (np.concatenate([old.ids[keep], new_ids]),
-                np.concatenate([old.matrix[keep], new_vecs]))
+    def set_index_spec(self, spec: str | None) -> None:
+        """Force the search index kind of the active space (None: chosen by size again)."""
+        from loupe import index as ann
 
-    def _searchable_matrix(self) -> tuple[np.ndarray, np.ndarray]:
-        ids, matrix = self.catalog.load_matrix(self._dim())
-        dba = self.catalog.get_meta("dba")
-        if dba and len(ids) > 1:
-            from loupe.rerank.dba import augment
-
-            matrix = augment(matrix, int(dba["k"]), float(dba["alpha"]))
-        return ids, matrix
-
-    def _vector_files(self, gen: int) -> tuple[Path, Path]:
-        folder = self.path / "vectors"
-        return folder / f"ids-{gen}.npy", folder / f"matrix-{gen}.npy"
-
-    def save_vectors(self) -> None:
-        """Save the searchable matrix next to the catalog, so the next process memory-maps it
-        instead of reading every vector out of SQLite. Written to a temporary name and
-        renamed (atomic); named by generation, so a stale copy is never used."""
-        gen = self.catalog.generation()
-        ids_file, matrix_file = self._vector_files(gen)
-        if ids_file.exists() and matrix_file.exists():
-            return
-        index = self.refresh()
-        if self._snapshot is None or self._snapshot.generation != gen:
-            return  # the catalog moved on while loading; the next run saves
-        ids_file.parent.mkdir(exist_ok=True)
-        for path, array in ((matrix_file, index.matrix), (ids_file, index.ids)):
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            with open(tmp, "wb") as fh:
-                np.save(fh, np.ascontiguousarray(array))
-            os.replace(tmp, path)
-        for old in ids_file.parent.glob("*.npy"):
-            if old not in (ids_file, matrix_file):
-                old.unlink(missing_ok=True)
-
-    def _dim(self) -> int:
-        identity = self.identity
-        return int(identity["dim"]) if identity else self.encoder.dim
-
-    def all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
-        index = self.snapshot()
-        return index.ids, index.matrix
-
-    def vectors(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
-        index = self.snapshot()
-        ids = np.asarray(ids, dtype=np.int64)
-        pos = index.positions(ids)
-        if len(pos) != len(ids):
-            missing = np.setdiff1d(ids, index.ids)
-            raise UnknownImage(f"no searchable image with id(s) {missing[:5].tolist()}")
-        return index.matrix[pos]
-
-    def search_vector(self, vector: np.ndarray, k: int, filters: Filters | None = None,
-                      exclude: Sequence[int] | frozenset[int] = ()) -> Candidates:
-        allowed = self.catalog.filter_ids(filters) if filters and not filters.is_empty() else None
-        return self.snapshot().search(vector, k, allowed=allowed, exclude=exclude)
-
-    def record(self, image_id: int) -> dict[str, Any]:
-        rec = self.catalog.record(image_id)
-        if rec is None:
-            raise UnknownImage(f"no image with id {image_id}")
-        return rec
-
-    def image_path(self, image_id: int) -> Path:
-        return self.root / self.record(image_id)["path"]
-
-    def load_image(self, image_id: int) -> Image.Image:
-        return load_image(self.image_path(image_id))
-
-    def cache_dir(self, name: str) -> Path:
-        if not name or "/" in name or name.startswith("."):
-            raise ValueError(f"bad cache name {name!r}")
-        folder = self.path / "cache" / name
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
+        if spec is not None and spec.lower() != "auto":
+            ann.build(spec, 4)   # a bad spec fails here, before anything changes
+        space = self._space_id()
+        self.catalog.update_space_state(
+            space, bump=True, index_override=None if spec is None or spec.lower() == "auto" else spec)
 
     def set_dba(self, k: int | None, alpha: float = 3.0) -> None:
         """Turn database-side augmentation on (k neighbours) or off (None)."""
-        self.catalog.set_meta("dba", {"k": int(k), "alpha": float(alpha)} if k else None, bump=True)
+        self.catalog.update_space_state(self._space_id(), bump=True,
+                                        dba={"k": int(k), "alpha": float(alpha)} if k else None)
+
+    def _space_id(self) -> int:
+        space = self.catalog.active_space()
+        return space if space is not None else self._space_from_encoder()
+
+    # --- the active space's vectors ----------------------------------------------------------
+    @property
+    def vectors_of_space(self) -> SpaceVectors:
+        with self._lock:
+            space = self._space_id()
+            if self._vectors is None or self._vectors.space != space:
+                dim = int(self.catalog.space(space)["identity"]["dim"])
+                self._vectors = SpaceVectors(self.catalog, space, dim,
+                                             self.path / SPACES_DIRNAME / str(space),
+                                             memory_budget=default("index_memory_budget"))
+            return self._vectors
+
+    @property
+    def store(self) -> CatalogStore:
+        """What search stages read (vectors, pixels, caches), by id."""
+        return CatalogStore(self.catalog, self.vectors_of_space, self.root, self.path)
+
+    @property
+    def auto_refresh(self) -> bool:
+        return self.vectors_of_space.auto_refresh
+
+    @auto_refresh.setter
+    def auto_refresh(self, value: bool) -> None:
+        self.vectors_of_space.auto_refresh = value
+
+    def refresh(self) -> int:
+        """Make what was committed searchable; returns how many images are searchable."""
+        return len(self.vectors_of_space.refresh().index)
+
+    def searchable(self) -> int:
+        """How many images the active space can find now."""
+        return len(self.vectors_of_space)
+
+    def is_searchable(self, image_id: int) -> bool:
+        return bool(self.vectors_of_space.contains([image_id])[0])
+
+    def counts(self) -> dict[str, int]:
+        """Files, indexed, errors, and distinct vectors of the active space."""
+        return self.catalog.counts(self.catalog.active_space())
+
+    def id_of_path(self, rel: str) -> int | None:
+        """The id of a library-relative path, or None."""
+        return self.catalog.id_of_path(rel)
+
+    def find_record(self, image_id: int) -> dict[str, Any] | None:
+        """The catalog row of an id, or None."""
+        return self.catalog.record(image_id)
+
+    def save_vectors(self) -> None:
+        """Save the search index for the next process (only once a space exists)."""
+        if self.catalog.active_space() is not None:
+            self.vectors_of_space.save()
+
+    def all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        ids = self.vectors_of_space.ids()
+        return ids, self.vectors_of_space.vectors(ids)
+
+    def vectors(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        return self.vectors_of_space.vectors(ids)
+
+    def search_vector(self, vector: np.ndarray, k: int, filters: Any = None,
+                      exclude: Sequence[int] | frozenset[int] = ()) -> Candidates:
+        return self.store.search_vector(vector, k, filters, exclude)
+
+    def record(self, image_id: int) -> dict[str, Any]:
+        return self.store.record(image_id)
+
+    def image_path(self, image_id: int) -> Path:
+        return self.store.image_path(image_id)
+
+    def load_image(self, image_id: int) -> Image.Image:
+        return self.store.load_image(image_id)
+
+    def cache_dir(self, name: str) -> Path:
+        return self.store.cache_dir(name)
 
     # --- searching --------------------------------------------------------------------------
     def resolve(self, ref: int | str | Path) -> int:
@@ -298,84 +322,40 @@ class Library:
                 return image_id
         raise QueryError(f"{ref} is not an indexed image of this library (root {self.root})")
 
-    def make_query(self, text: str | None = None, *, image: str | Path | Image.Image | None = None,
-                   like: int | str | Path | None = None, weight: float = 0.5,
-                   expr: str | Sequence[str] | None = None, box: Box | None = None,
-                   need_pixels: bool = False) -> Query:
-        """Turn what the user gave into a query vector (and pixels, when rerankers want them)."""
-        text = text.strip() if isinstance(text, str) else text
-        if expr is not None:
-            if image is not None or like is not None:
-                raise QueryError("query arithmetic already names its images; drop --image/--like")
-            return self._expr_query(expr)
-        pixels: Image.Image | None = None
-        exclude: frozenset[int] = frozenset()
-        if like is not None:
-            if image is not None:
-                raise QueryError("give --image or --like, not both")
-            like_id = self.resolve(like)
-            exclude = frozenset({like_id})
-            if box is not None or need_pixels:
-                pixels = self.load_image(like_id)
-            img_vec = self.vectors([like_id])[0] if box is None else None
-        elif image is not None:
-            if isinstance(image, Image.Image):
-                pixels = image.convert("RGB")
-            else:  # decoded as the indexer decodes, unless a box needs full-size pixels
-                size = None if box is not None or need_pixels else self.encoder.image_size
-                pixels = load_image(image, reduce_to=size)
-            img_vec = None
-        else:
-            if not text:
-                raise QueryError("empty query: give text, an image (--image) or an indexed image (--like)")
-            return Query(self.encoder.encode_text([text])[0], text=text)
-        if box is not None:
-            pixels = _crop(pixels, box)
-        if img_vec is None:
-            img_vec = self.encoder.encode_images([pixels])[0]
-        vec = fuse(img_vec, self.encoder.encode_text([text])[0], weight) if text else img_vec
-        return Query(vec, text=text or None, image=pixels, box=box, exclude_ids=exclude)
+    def make_query(self, text: str | None = None, *, need_pixels: bool = False, **terms: Any) -> Query:
+        """The query vector (and pixels, when stages want them) for these terms."""
+        return self._builder().build(SearchRequest(text=text, **terms), need_pixels=need_pixels)
 
-    def _expr_query(self, expr: str | Sequence[str]) -> Query:
-        terms = parse_expr(expr)
-        vecs = []
-        for t in terms:
-            if t.is_image:
-                pixels = load_image(t.value, reduce_to=self.encoder.image_size)
-                vecs.append(self.encoder.encode_images([pixels])[0])
-            else:
-                vecs.append(self.encoder.encode_text([t.value])[0])
-        label = " ".join(f"{t.weight:+g}:{t.value}" for t in terms)
-        return Query(combine(vecs, [t.weight for t in terms]), text=label)
+    def _builder(self) -> QueryBuilder:
+        return QueryBuilder(lambda: self.encoder, self.store, self.resolve)
 
-    def search(self, text: str | None = None, *, image: str | Path | Image.Image | None = None,
-               like: int | str | Path | None = None, weight: float = 0.5,
-               expr: str | Sequence[str] | None = None, k: int = 20, filters: Filters | None = None,
-               threshold: float | None = None, rerank: Any = None, rerank_depth: int | None = None,
-               box: Box | None = None) -> list[Hit]:
-        """Search by text, image, image+text, an indexed image, or query arithmetic."""
-        if k < 1:
-            raise QueryError(f"k must be at least 1, got {k}")
-        rerankers = _rerankers(rerank)
-        query = self.make_query(text, image=image, like=like, weight=weight, expr=expr, box=box,
-                                need_pixels=any(getattr(r, "needs_pixels", False) for r in rerankers))
-        query.filters = filters
-        depth = max([k] + [rerank_depth or r.depth for r in rerankers])
-        cands = self.search_vector(query.vector, depth, filters, exclude=query.exclude_ids)
-        if rerankers:
-            from loupe import rerank
+    def search(self, text: str | None = None, *, request: SearchRequest | None = None,
+               **terms: Any) -> list[Hit]:
+        """Search by text, image, image+text, an indexed image, or query arithmetic:
+        `search("a dog")`, `search(image="q.jpg", text="at night", rerank="superglobal")`,
+        or `search(request=SearchRequest(...))`."""
+        request = request or SearchRequest(text=text, **terms)
+        return self.hits(self.run(request))
 
-            cands = rerank.apply(rerankers, query, cands, self, depth=rerank_depth)
-        cands = cands.take(np.arange(min(k, len(cands))))
-        if threshold is not None:
-            cands = cands.take(np.flatnonzero(cands.scores >= threshold))
-        return self.hits(cands)
+    def run(self, request: SearchRequest) -> Candidates:
+        """The pipeline's ranked candidates for a request (what `search` turns into hits)."""
+        if request.k < 1:
+            raise QueryError(f"k must be at least 1, got {request.k}")
+        stages = _stages(request.rerank)
+        store = self.store
+        query = QueryBuilder(lambda: self.encoder, store, self.resolve).build(
+            request, need_pixels=any(s.needs_pixels for s in stages))
+        return pipeline.run(query, store, request.k, stages, request.rerank_depth, request.threshold)
 
     def hits(self, cands: Candidates) -> list[Hit]:
+        """Candidates as the user sees them. An id whose row left the catalog since the
+        snapshot was taken (a file deleted by a concurrent index run) is skipped."""
         records = self.catalog.records(cands.ids)
         out = []
         for i, s, b in zip(cands.ids, cands.scores, cands.boxes, strict=True):
-            rec = records[int(i)]
+            rec = records.get(int(i))
+            if rec is None:
+                continue
             meta = {k: rec[k] for k in ("width", "height", "format", "date", "camera", "sha256")}
             meta["rel_path"] = rec["path"]
             out.append(Hit(int(i), self.root / rec["path"], float(s), b, meta))
@@ -385,37 +365,45 @@ class Library:
     def stats(self) -> dict[str, Any]:
         size = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
         identity = self.identity or {}
+        space = self.catalog.active_space()
+        index = self.vectors_of_space.stats() if space is not None else None
         return {
             "library": str(self.path),
             "root": str(self.root),
             "model": identity.get("model_name", self.model),
             "model_identity": identity,
-            **self.catalog.counts(),
+            **self.catalog.counts(space),
             "formats": self.catalog.formats(),
             "library_bytes": size,
-            "dba": self.catalog.get_meta("dba"),
+            "spaces": [{k: s[k] for k in ("id", "name", "vectors", "active", "identity", "state")}
+                       for s in self.catalog.spaces()],
+            "index": index,
+            "dba": self.catalog.space_state(space).get("dba") if space is not None else None,
             "last_index": self.catalog.get_meta("last_index"),
             "error_list": self.catalog.errors(),
         }
 
 
-def _rerankers(spec: Any) -> list[Any]:
+def _batched(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _stages(spec: Any) -> list[Any]:
     if not spec:
         return []
-    from loupe import rerank
+    from loupe.search import stages
 
     try:
-        return rerank.get(spec)
+        return stages.get(spec)
     except ValueError as exc:  # an unknown name or parameter is the user's to fix
         raise QueryError(str(exc)) from None
-
-
-def _crop(image: Image.Image, box: Box) -> Image.Image:
-    x0, y0, x1, y1 = box
-    w, h = image.size
-    if x0 >= w or y0 >= h:
-        raise QueryError(f"box {box} lies outside the {w}x{h} image")
-    return image.crop((int(x0), int(y0), int(min(x1, w)), int(min(y1, h))))
 
 
 def _check_same_model(identity: dict[str, Any], spec: ModelSpec, path: Path) -> None:

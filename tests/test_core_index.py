@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, TINY, make_folder, make_image
+from conftest import REPO, TEST_DATA, TINY, make_folder, make_image
 from PIL import Image
 
 from loupe import IndexOptions, Library
@@ -30,8 +31,8 @@ def consistency(lib: Library) -> dict[str, int]:
     assert len(paths) == len(set(paths)), "duplicate paths in the catalog"
     ok = db.execute("SELECT COUNT(*) FROM images WHERE status = 'ok'").fetchone()[0]
     unvectored = db.execute(
-        "SELECT COUNT(*) FROM images i LEFT JOIN embeddings e ON e.sha256 = i.sha256 "
-        "WHERE i.status = 'ok' AND e.sha256 IS NULL").fetchone()[0]
+        "SELECT COUNT(*) FROM images i LEFT JOIN vectors v ON v.sha256 = i.sha256 AND v.space = ? "
+        "WHERE i.status = 'ok' AND v.sha256 IS NULL", (lib.catalog.active_space(),)).fetchone()[0]
     assert unvectored == 0, "an indexed image has no vector"
     ids, matrix = lib.all_vectors()
     assert len(ids) == ok == len(matrix)
@@ -227,30 +228,53 @@ def test_interrupted_run_resumes(tmp_path, sig):
     assert np.isfinite(lib.all_vectors()[1]).all()
 
 
-def test_saved_vectors_are_used_only_when_current(tmp_path):
+def _recording(fn, calls: list):
+    def wrapped(*args, **kwargs):
+        calls.append(args)
+        return fn(*args, **kwargs)
+    return wrapped
+
+
+def _no_catalog_reads(lib: Library) -> None:
+    def fail(*args, **kwargs):
+        raise AssertionError("the search index was rebuilt from the catalog")
+    lib.catalog.load_matrix = fail
+
+
+def test_saved_index_is_used_only_when_it_belongs(tmp_path):
     root = tmp_path / "photos"
     files = make_folder(root, 12)
     lib = open_lib(root)
     lib.index()
     gen = lib.catalog.generation()
-    saved = sorted(p.name for p in (lib.path / "vectors").iterdir())
-    assert saved == [f"ids-{gen}.npy", f"matrix-{gen}.npy"]
+    space = lib.catalog.active_space()
+    record = json.loads((lib.path / "spaces" / str(space) / "snapshot.json").read_text())
+    assert (record["generation"], record["count"], record["epoch"]) == (gen, 12, lib.catalog.epoch())
     fresh = Library.open(root / ".loupe", device="cpu")
+    _no_catalog_reads(fresh)                               # the first query builds nothing
     ids, matrix = fresh.all_vectors()
-    assert isinstance(np.load(lib.path / "vectors" / f"matrix-{gen}.npy", mmap_mode="r"), np.memmap)
-    from_db = lib.catalog.load_matrix(lib.encoder.dim)
+    from_db = lib.catalog.load_matrix(space, lib.encoder.dim)
     assert np.array_equal(ids, from_db[0]) and np.array_equal(matrix, from_db[1])
-    # A change moves the generation on: the old copy is replaced, never read.
+    # A change moves the generation on; the saved index follows it.
     files[0].unlink()
     lib.index()
     assert lib.catalog.generation() > gen
-    assert not (lib.path / "vectors" / f"ids-{gen}.npy").exists()
     fresh = Library.open(root / ".loupe", device="cpu")
+    _no_catalog_reads(fresh)
     assert len(fresh.all_vectors()[0]) == 11
-    # A no-op run changes nothing searchable: same generation, nothing rewritten.
+    # A no-op run changes nothing searchable: same generation.
     gen = lib.catalog.generation()
     lib.index()
     assert lib.catalog.generation() == gen
+    # A saved index from a generation the catalog has not reached (a restored backup), or
+    # from another catalog's history, is ignored: rebuilt from the catalog, never trusted.
+    saved = lib.path / "spaces" / str(space) / "snapshot.json"
+    for change in ({"generation": gen + 5}, {"epoch": "another-history"}):
+        saved.write_text(json.dumps({**record, **change}))
+        fresh = Library.open(root / ".loupe", device="cpu")
+        calls: list[tuple] = []
+        fresh.catalog.load_matrix = _recording(fresh.catalog.load_matrix, calls)
+        assert len(fresh.all_vectors()[0]) == 11 and calls, change
 
 
 def test_heic_and_avif_with_the_plugin(tmp_path):
@@ -281,40 +305,35 @@ def test_refresh_reads_only_what_changed(tmp_path):
     (root / "img0002.png").write_text("now broken")        # ok -> error
     os.utime(root / "img0002.png", (time.time() + 5, time.time() + 5))
     writer.index()
-    for p in (writer.path / "vectors").iterdir():
-        p.unlink()                                         # force the catalog path, not the saved copy
+    shutil.rmtree(writer.path / "spaces")                  # force the catalog path, not the saved copy
     calls = []
     load = reader.catalog.load_matrix
-    reader.catalog.load_matrix = lambda dim, since=None: calls.append(since) or load(dim, since)
+    reader.catalog.load_matrix = lambda space, dim, since=None: calls.append(since) or load(space, dim, since)
     ids, matrix = reader.all_vectors()
     assert calls and all(c is not None for c in calls), "the refresh re-read every vector"
-    want_ids, want = load(writer.encoder.dim)
+    want_ids, want = load(writer.catalog.active_space(), writer.encoder.dim)
     assert ids.tolist() == want_ids.tolist() and np.array_equal(matrix, want)
     assert len(ids) == 10 + 3 - 2
 
 
 def test_catalog_from_before_a_new_column_is_migrated(tmp_path):
     root = tmp_path / "photos"
-    make_folder(root, 3)
-    lib = open_lib(root)
-    lib.index()
-    lib.close()
-    # Rebuild the images table as the first release made it: the same DDL without `gen`.
-    from loupe.catalog import SCHEMA
-
-    gen_line = ",\n    gen INTEGER NOT NULL DEFAULT 0      -- the generation that last wrote the row"
-    assert gen_line in SCHEMA
-    old_ddl = SCHEMA.replace(gen_line, "")
+    shutil.copytree(TEST_DATA / "library-0.1.0", root)
+    # Rebuild the images table as releases before 0.1.0's incremental refresh made it: no `gen`.
     with sqlite3.connect(root / ".loupe" / "catalog.db") as db:
+        columns = [r[1] for r in db.execute("PRAGMA table_info(images)") if r[1] != "gen"]
         db.executescript("DROP INDEX images_gen; ALTER TABLE images RENAME TO newer;")
-        db.executescript(old_ddl)
-        columns = [r[1] for r in db.execute("PRAGMA table_info(images)")]
+        db.execute("""CREATE TABLE images (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE,
+            sha256 TEXT, size INTEGER NOT NULL, mtime REAL NOT NULL, width INTEGER, height INTEGER,
+            format TEXT, taken_at TEXT, date TEXT, camera TEXT,
+            status TEXT NOT NULL CHECK (status IN ('ok', 'error')), error TEXT,
+            indexed_at REAL NOT NULL)""")
         db.execute(f"INSERT INTO images SELECT {', '.join(columns)} FROM newer")
         db.execute("DROP TABLE newer")
-        assert "gen" not in columns
+    shutil.rmtree(root / ".loupe" / "vectors")
     reopened = Library.open(root / ".loupe", device="cpu")
     assert "gen" in {r[1] for r in reopened.catalog.db.execute("PRAGMA table_info(images)")}
-    assert len(reopened.search(image=root / "img0001.png", k=3)) == 3
+    assert len(reopened.search(image=root / "a" / "img01.png", k=3)) == 3
     make_folder(root, 1, start=9)
     assert reopened.index().added == 1
 
@@ -324,7 +343,8 @@ def test_turning_dba_off_restores_the_stored_vectors(tmp_path):
     make_folder(root, 12)
     lib = open_lib(root)
     lib.index()
-    raw_ids, raw = lib.catalog.load_matrix(lib.encoder.dim)
+    space = lib.catalog.active_space()
+    raw_ids, raw = lib.catalog.load_matrix(space, lib.encoder.dim)
     lib.set_dba(3)
     ids, augmented = lib.all_vectors()
     assert ids.tolist() == raw_ids.tolist() and not np.allclose(augmented, raw)
@@ -335,5 +355,5 @@ def test_turning_dba_off_restores_the_stored_vectors(tmp_path):
     make_folder(root, 1, start=41)
     lib.index()
     ids, matrix = lib.all_vectors()
-    raw_ids, raw = lib.catalog.load_matrix(lib.encoder.dim)
+    raw_ids, raw = lib.catalog.load_matrix(space, lib.encoder.dim)
     assert ids.tolist() == raw_ids.tolist() and np.array_equal(matrix, raw)

@@ -10,7 +10,7 @@ import torch
 from conftest import TINY, cli, make_folder
 
 from loupe import Library, ModelMismatch
-from loupe.encoders import ModelError, load_encoder
+from loupe.models.openclip import ModelError, load_encoder
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def checkpoint(tmp_path_factory):
     """A tiny checkpoint on disk, with weights that are not the seeded random ones."""
     import open_clip
 
-    from loupe.encoders import _register_configs
+    from loupe.models.openclip import _register_configs
 
     _register_configs()
     torch.manual_seed(1234)

@@ -11,8 +11,7 @@ from conftest import TINY, make_folder, make_image
 from PIL import Image
 
 from loupe import Filters, Library, QueryError
-from loupe.index import VectorIndex
-from loupe.query import fuse, parse_expr
+from loupe.search.query import fuse, parse_expr
 
 
 @pytest.fixture(scope="module")
@@ -132,23 +131,6 @@ def test_box_crops_the_query(lib, tmp_path):
     with pytest.raises(QueryError, match="outside"):
         lib.search(image=q, box=(500, 500, 600, 600))
 
-
-def test_faiss_path_matches_exact_numpy():
-    rng = np.random.default_rng(0)
-    m = rng.normal(size=(500, 16)).astype(np.float32)
-    m /= np.linalg.norm(m, axis=1, keepdims=True)
-    ids = rng.permutation(10_000)[:500].astype(np.int64)
-    exact, faiss_idx = VectorIndex(ids, m), VectorIndex(ids, m, exact_max=10)
-    assert (exact.kind, faiss_idx.kind) == ("numpy:exact", "faiss:Flat")
-    for qi in range(5):
-        a = exact.search(m[qi], 10, exclude={int(ids[qi])})
-        b = faiss_idx.search(m[qi], 10, exclude={int(ids[qi])})
-        assert a.ids.tolist() == b.ids.tolist()
-        assert np.allclose(a.scores, b.scores, atol=1e-5)
-        assert int(ids[qi]) not in a.ids
-    allowed = ids[::3]
-    c = faiss_idx.search(m[0], 10, allowed=allowed)
-    assert set(c.ids) <= set(allowed.tolist()) and len(c) == 10
 
 
 def test_unknown_ids_are_user_errors_and_key_errors(lib):

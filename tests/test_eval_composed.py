@@ -59,7 +59,7 @@ def test_cirr_recall_and_subset_recall(cirr, tmp_path):
     assert m["Avg"] == 75.0
     assert [q.metrics["rank"] for q in result.queries] == [3, 4]
     assert all(it.label != "dev-0" for it in result.queries[0].top)     # reference removed
-    assert result.config["composed"] == {"fusion": "loupe.query.fuse: normalise(w*img + (1-w)*txt)",
+    assert result.config["composed"] == {"fusion": "loupe.search.query.fuse: normalise(w*img + (1-w)*txt)",
                                          "weight": 0.5, "exclude_reference": True}
 
 

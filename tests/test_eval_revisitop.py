@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from loupe.core.types import Candidates, Query
 from loupe.eval import revisitop
-from loupe.eval.common import DatasetError, Embedder, EvalOptions, ranked_with_rerank
+from loupe.eval.common import DatasetError, Embedder, EvalOptions, ranked
+from loupe.eval.metrics import rank_all, revisitop_protocol, revisitop_query
 from loupe.eval.testing import ColorEncoder
-from loupe.rerank import Reranker
-from loupe.types import Candidates, Query
+from loupe.search.stages import Reranker
+from loupe.storage.memory import MemoryStore
 
 # Query A (red crop) ranks the gallery by its green channel: positions 0..7 hold
 # items 5, 2, 7, 1, 3, 0, 4, 6. Query B (blue crop) scores every item 0: a full tie.
@@ -124,8 +126,8 @@ def test_distractors_append_after_gallery(roxford, tmp_path):
 
 
 def test_no_rerank_imports_nothing_from_rerank(roxford, tmp_path, monkeypatch):
-    # a None entry makes any import of loupe.rerank fail
-    monkeypatch.setitem(sys.modules, "loupe.rerank", None)
+    # a None entry makes any import of loupe.search.stages fail
+    monkeypatch.setitem(sys.modules, "loupe.search.stages", None)
     result, _ = _run(roxford, tmp_path)
     assert result.config["rerank"] == []
 
@@ -154,14 +156,40 @@ class _Reverse(Reranker):
         return Candidates(out.ids, np.arange(len(out))[::-1].astype(np.float32), out.boxes)
 
 
-def test_rerank_chain_reorders_head_keeps_tail():
-    scores = np.array([0.1, 0.9, 0.5, 0.7, 0.3])
+def _gallery_scoring(scores, tmp_path):
+    """A gallery whose vectors score exactly `scores` against the query (1, 0)."""
+    s = np.asarray(scores, np.float32)
+    X = np.stack([s, np.sqrt(1 - s**2)], axis=1).astype(np.float32)
+    return MemoryStore([tmp_path / f"{i}.jpg" for i in range(len(s))], X, tmp_path), np.array([1, 0], np.float32)
+
+
+def test_rerank_chain_reorders_head_keeps_tail(tmp_path):
+    store, q = _gallery_scoring([0.1, 0.9, 0.5, 0.7, 0.3], tmp_path)
     r = _Reverse()
-    ids, _ = ranked_with_rerank(lambda: Query(vector=np.zeros(3)), scores, None, [r], None)
+    ids, _ = ranked(q, store, [r], None, lambda: Query(vector=q))
     assert ids.tolist() == [2, 3, 1, 4, 0]          # head [1, 3, 2] reversed, tail [4, 0] kept
-    ids, _ = ranked_with_rerank(lambda: Query(vector=np.zeros(3)), scores, None, [r], 4, exclude=[1])
+    ids, _ = ranked(q, store, [r], 4, lambda: Query(vector=q), exclude=[1])
     assert ids.tolist() == [0, 4, 2, 3]
     assert r.seen == [3, 4]
+
+
+def test_protocol_through_the_pipeline_equals_the_hand_written_ranking(roxford, tmp_path):
+    """The protocol's numbers come from loupe.search.pipeline over the gallery's store; the
+    same cached vectors ranked by hand (X @ q, ties by index) give the same numbers."""
+    result, embedder = _run(roxford, tmp_path)
+    data = revisitop.load("roxford5k", roxford)
+    X = embedder.images(data.image_dir, [f"{n}.jpg" for n in data.imlist])
+    Q = embedder.images(data.image_dir, [f"{q}.jpg" for q in data.qimlist],
+                        boxes=[tuple(g["bbx"]) for g in data.gnd])
+    by_hand = {"E": [], "M": [], "H": []}
+    for i in range(len(Q)):
+        ranking = rank_all(X @ Q[i])[0]
+        for proto, letter in (("easy", "E"), ("medium", "M"), ("hard", "H")):
+            g = revisitop_protocol(data.gnd[i], proto)
+            by_hand[letter].append(revisitop_query(ranking, g["ok"], g["junk"], [1, 5, 10])[0])
+    for letter, aps in by_hand.items():
+        assert result.metrics[f"mAP_{letter}"] == pytest.approx(100 * np.nanmean(aps), abs=1e-9)
+    assert embedder.hits and not embedder.misses[2:]   # the same cached vectors, not new ones
 
 
 def test_cli_json_and_missing_data(roxford, tmp_path):

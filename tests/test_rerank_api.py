@@ -8,15 +8,14 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
-import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-import loupe.rerank as rerank
-from loupe.rerank import AlphaQE, Reranker, Spatial, SpatialORB, SuperGlobal
-from loupe.rerank.cli import register
-from loupe.rerank.draw import draw_boxes
-from loupe.types import Candidates, Query
+import loupe.search.stages as rerank
+from loupe.core.types import Candidates, Query
+from loupe.media.draw import draw_boxes
+from loupe.search import pipeline
+from loupe.search.stages import AlphaQE, Reranker, Spatial, SpatialORB, SuperGlobal
 
 
 def test_get_parses_chains_parameters_and_instances() -> None:
@@ -55,7 +54,7 @@ def test_describe_lists_every_registered_method_with_defaults() -> None:
     assert entries["qe"]["parameters"]["alpha"] == 3.0
     assert entries["spatial"]["parameters"]["detector"] == "sift"
     assert entries["spatial-orb"]["parameters"]["detector"] == "orb"
-    assert entries["spatial"]["class"] == "loupe.rerank.spatial.Spatial"
+    assert entries["spatial"]["class"] == "loupe.search.stages.spatial.Spatial"
     assert all(e["doc"] and "\n" not in e["doc"] for e in entries.values())
     json.dumps(rerank.describe())                                  # what `--json` prints
 
@@ -95,31 +94,26 @@ def first_stage() -> Candidates:
 def test_apply_reranks_the_head_and_keeps_the_tail() -> None:
     query = Query(vector=np.zeros(2, np.float32))
     first, second = Reverse(), Reverse(depth=2)
-    out = rerank.apply([first, second], query, first_stage(), store=None)
+    out = pipeline.apply([first, second], query, first_stage(), store=None)
     assert first.seen == [[10, 11, 12]] and second.seen == [[12, 11]]
     assert out.ids.tolist() == [11, 12, 10, 13, 14, 15]
     np.testing.assert_allclose(out.scores[3:], first_stage().scores[3:])
     assert out.boxes[:3] == [(0.0, 0.0, 1.0, 1.0)] * 3 and out.boxes[3:] == [None] * 3
 
     # An explicit depth overrides every reranker's own.
-    out = rerank.apply([Reverse()], query, first_stage(), store=None, depth=5)
+    out = pipeline.apply([Reverse()], query, first_stage(), store=None, depth=5)
     assert out.ids.tolist() == [14, 13, 12, 11, 10, 15]
 
 
 def test_apply_neither_repeats_nor_loses_ids_when_a_reranker_searched_again() -> None:
-    out = rerank.apply([Replace()], Query(vector=np.zeros(2, np.float32)), first_stage(), store=None)
+    out = pipeline.apply([Replace()], Query(vector=np.zeros(2, np.float32)), first_stage(), store=None)
     assert out.ids.tolist() == [15, 11, 10, 12, 13, 14]         # 12 left the head, 15 joined it
     np.testing.assert_allclose(out.scores[3:], first_stage().scores[2:5])
 
 
 def test_loupe_rerankers_command() -> None:
-    app = typer.Typer()
+    from loupe.cli import app
 
-    @app.callback()
-    def main() -> None:
-        """Loupe (test app)."""
-
-    register(app)
     runner = CliRunner()
     result = runner.invoke(app, ["rerankers", "--json"])
     assert result.exit_code == 0, result.output

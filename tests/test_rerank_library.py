@@ -9,10 +9,11 @@ import pytest
 from PIL import Image
 
 import loupe
-import loupe.rerank as rerank
-from loupe.rerank import dba
-from loupe.rerank.qe import expand_query
-from loupe.rerank.superglobal import refine_scores
+import loupe.search.stages as rerank
+from loupe.index import dba
+from loupe.search import pipeline
+from loupe.search.stages.qe import expand_query
+from loupe.search.stages.superglobal import refine_scores
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 STRECHA = DATA / "strecha" / "scenes"
@@ -103,7 +104,7 @@ def test_alpha_qe_through_the_library(lib: loupe.Library) -> None:
         "mapping_scale_02928139_3448003521_scale0.5.jpg"]
 
     # Reranking a short head: nothing is repeated or lost.
-    out = rerank.apply(rerank.get("qe"), q, first, lib, depth=3)
+    out = pipeline.apply(rerank.get("qe"), q, first, lib, depth=3)
     assert sorted(out.ids.tolist()) == sorted(first.ids.tolist())
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from loupe.rerank import dba
-from loupe.rerank.qe import AlphaQE, expand_query
-from loupe.rerank.superglobal import SuperGlobal, refine_scores
-from loupe.types import Candidates, Query
+from loupe.core.types import Candidates, Query
+from loupe.index import dba
+from loupe.search.stages.qe import AlphaQE, expand_query
+from loupe.search.stages.superglobal import SuperGlobal, refine_scores
 
 
 def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -24,7 +24,7 @@ def clustered(rng: np.random.Generator, clusters: int, per: int, d: int, noise: 
 
 
 class VectorStore:
-    """The vector half of the store protocol (loupe.rerank.base.Store), in memory."""
+    """The vector half of the store protocol (loupe.search.stages.base.Store), in memory."""
 
     def __init__(self, matrix: np.ndarray):
         self.ids = np.arange(100, 100 + len(matrix), dtype=np.int64)  # ids are not row numbers

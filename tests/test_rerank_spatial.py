@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loupe.rerank import get
-from loupe.rerank.spatial import FeatureCache, LocalFeatures, Spatial, precompute
-from loupe.types import Candidates, Query
+from loupe.core.types import Candidates, Query
+from loupe.search.stages import get
+from loupe.search.stages.spatial import FeatureCache, LocalFeatures, Spatial, precompute
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 STRECHA = DATA / "strecha" / "scenes"
@@ -23,7 +23,7 @@ FAST = {"max_side": 640, "workers": 2}
 
 
 class ImageStore:
-    """The store protocol (loupe.rerank.base.Store) over a list of image files, in memory."""
+    """The store protocol (loupe.search.stages.base.Store) over a list of image files, in memory."""
 
     def __init__(self, paths: list[Path], cache_root: Path):
         self.paths = {100 + i: p for i, p in enumerate(paths)}     # ids are not list positions

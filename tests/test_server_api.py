@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import stat
@@ -17,11 +18,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
 
-from loupe.catalog import Catalog
-from loupe.config import IndexOptions
+from loupe.core.config import IndexOptions
 from loupe.library import Library
 from loupe.server import create_app
 from loupe.server.auth import TOKEN_FILENAME, load_or_create_token, token_matches
+from loupe.storage.catalog import Catalog
 
 MODEL = "loupe-tiny:random"
 TOKEN = "test-token-0123456789"
@@ -219,7 +220,7 @@ def test_like_of_an_image_not_yet_in_the_snapshot_is_404(env):
     """Committed by a re-index but not yet refreshed into the searchable snapshot."""
     with env.lib.catalog.transaction() as db:
         Catalog.put_image(db, "pending.jpg", 10, 0.0, sha="e" * 64, meta={"width": 8, "height": 8})
-        Catalog.put_vector(db, "e" * 64, np.ones(env.lib.encoder.dim, np.float32))
+        Catalog.put_vector(db, env.lib.catalog.active_space(), "e" * 64, np.ones(env.lib.encoder.dim, np.float32))
     i = env.lib.catalog.id_of_path("pending.jpg")
     try:
         assert "not searchable yet" in error_of(env.client.get("/api/search", params={"like": i}), 404)
@@ -485,8 +486,9 @@ def test_stop_is_clean_and_keeps_committed_batches(fresh):
     assert fresh.client.get("/api/index").json()["searchable"] == 6 + 4
     assert fresh.lib.catalog.counts()["indexed"] == 6 + 4
     # what was committed is saved for the next start, as after a finished run
-    saved = fresh.lib._vector_files(fresh.lib.catalog.generation())
-    assert all(f.is_file() for f in saved) and len(np.load(saved[0])) == 10
+    space = fresh.lib.catalog.active_space()
+    saved = json.loads((fresh.lib.path / "spaces" / str(space) / "snapshot.json").read_text())
+    assert (saved["generation"], saved["count"]) == (fresh.lib.catalog.generation(), 10)
     # the next run picks up where this one stopped
     indexer._progress = original
     assert fresh.client.post("/api/index", headers=AUTH).status_code == 202

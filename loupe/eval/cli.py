@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from loupe.config import DEFAULT_MODEL
+from loupe.core.config import DEFAULT_MODEL
 from loupe.eval.common import DatasetError, EvalOptions, EvalResult
 
 err = Console(stderr=True)
@@ -75,7 +75,7 @@ def _options(model: str, weights: Path | None, device: str, batch_size: int, rer
 def _run(name: str, compute: Callable[[], EvalResult], report: Path | None, out: Path | None,
          as_json: bool, report_queries: int = 100) -> None:
     """Run one evaluation and deliver its three outputs; user errors become one red line."""
-    from loupe.encoders import ModelError
+    from loupe.models.openclip import ModelError
 
     started = time.time()
     try:

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from loupe.config import DEFAULT_MODEL
-from loupe.encoders import file_sha256
+from loupe.core.config import DEFAULT_MODEL
+from loupe.core.files import file_sha256
+from loupe.core.types import Box, Query, Store
 from loupe.eval.cache import EmbeddingCache, files_digest, texts_digest
-from loupe.eval.metrics import rank_all
-from loupe.types import Box, Candidates, Query
+from loupe.search import pipeline
+from loupe.storage.memory import open_image
 
 
 class DatasetError(ValueError):
@@ -47,19 +47,6 @@ def _rel(p: Path, root: Path) -> Path:
     except ValueError:
         return p
 
-
-def open_image(path: Path, exif: bool = False) -> Image.Image:
-    """RGB pixels of a dataset image.
-
-    Benchmark boxes and official pipelines address the stored pixels, so
-    EXIF orientation is ignored unless asked for (user photos ask for it).
-    """
-    with Image.open(path) as im:
-        if exif:
-            from PIL import ImageOps
-
-            im = ImageOps.exif_transpose(im)
-        return im.convert("RGB")
 
 
 @dataclass
@@ -119,7 +106,7 @@ class Embedder:
     @property
     def encoder(self) -> Any:
         if self._encoder is None:
-            from loupe.encoders import load_encoder
+            from loupe.models.openclip import load_encoder
 
             self._encoder = load_encoder(self.options.model, self.options.weights, self.options.device)
         return self._encoder
@@ -187,97 +174,29 @@ class Embedder:
 
 
 # --------------------------------------------------------------------------
-# Second stage for datasets that are not a Loupe library
+# Ranking: the product's pipeline over an in-memory gallery
 # --------------------------------------------------------------------------
 
 
-class InMemoryStore:
-    """The store side of a Library (the `loupe.rerank.base.Store` protocol) over a dataset's gallery.
-
-    Ids are positions in `paths`. Rerankers ask it for vectors, neighbours and
-    pixels exactly as they ask a Library.
-    """
-
-    def __init__(self, paths: Sequence[Path], matrix: np.ndarray, cache_root: Path, exif: bool = False):
-        if len(paths) != len(matrix):
-            raise ValueError(f"{len(paths)} paths but {len(matrix)} vectors")
-        self._paths = list(paths)
-        self._matrix = np.ascontiguousarray(matrix, dtype=np.float32)
-        self._ids = np.arange(len(paths), dtype=np.int64)
-        self._cache_root = Path(cache_root)
-        self._exif = exif
-
-    def vectors(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
-        return self._matrix[np.asarray(ids, dtype=np.int64)]
-
-    def all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
-        return self._ids, self._matrix
-
-    def search_vector(self, vec: np.ndarray, k: int, filters: Any = None,
-                      exclude: Sequence[int] = ()) -> Candidates:
-        if filters is not None and not (hasattr(filters, "is_empty") and filters.is_empty()):
-            raise ValueError("filters are not supported on a benchmark gallery")
-        scores = self._matrix @ np.asarray(vec, np.float32).ravel()
-        if len(exclude):
-            scores[np.asarray(list(exclude), dtype=np.int64)] = -np.inf
-        order = rank_all(scores)[0][:k]
-        order = order[np.isfinite(scores[order])]
-        return Candidates(order, scores[order])
-
-    def image_path(self, id: int) -> Path:
-        return Path(self._paths[int(id)]).resolve()
-
-    def load_image(self, id: int) -> Image.Image:
-        return open_image(self._paths[int(id)], exif=self._exif)
-
-    def record(self, id: int) -> dict[str, Any]:
-        return {"id": int(id), "path": str(self._paths[int(id)])}
-
-    def cache_dir(self, name: str) -> Path:
-        p = self._cache_root / "store" / name
-        p.mkdir(parents=True, exist_ok=True)
-        return p
-
-
 def load_rerankers(spec: str | None) -> list[Any]:
-    """The reranker chain for `--rerank`; loupe.rerank is imported only when one is asked for."""
+    """The reranker chain for `--rerank`; the stages are imported only when one is asked for."""
     if not spec:
         return []
-    from loupe.rerank import get
+    from loupe.search.stages import get
 
     return get(spec)
 
 
-def ranked_with_rerank(query_factory: Callable[[], Query], scores: np.ndarray, store: Any,
-                       rerankers: Sequence[Any], depth: int | None,
-                       exclude: Sequence[int] = (), ids: np.ndarray | None = None
-                       ) -> tuple[np.ndarray, np.ndarray]:
-    """Full ranking of one query's `scores` (best first), reranked when a chain is given.
-
-    Returns (ids, scores) in final order; reranked scores in the head, first-stage in the tail.
-    `ids` maps score positions to the store's ids (default: the positions themselves);
-    `exclude` ids are dropped from the ranking (e.g. the query image itself).
-    """
-    scores = np.asarray(scores, dtype=np.float32).copy()
-    order = rank_all(scores)[0]
-    ranking = order if ids is None else np.asarray(ids, dtype=np.int64)[order]
-    scores = scores[order]
-    if len(exclude):
-        keep = ~np.isin(ranking, np.asarray(list(exclude), dtype=np.int64))
-        ranking, scores = ranking[keep], scores[keep]
-    ranked_scores = scores
-    if not rerankers:
-        return ranking, ranked_scores
-    from loupe.rerank import apply
-
-    # Only the longest head any reranker sees is handed over: the rest of a
-    # million-image ranking never becomes Python objects. Ids a reranker pulls
-    # in from beyond the head (alpha-QE searches again) are not repeated.
-    m = min(max(depth or int(r.depth) for r in rerankers), len(ranking))
-    out = apply(rerankers, query_factory(), Candidates(ranking[:m], ranked_scores[:m]), store, depth)
-    rest = ~np.isin(ranking[m:], out.ids)
-    return (np.concatenate([out.ids, ranking[m:][rest]]),
-            np.concatenate([out.scores, ranked_scores[m:][rest]]))
+def ranked(vector: np.ndarray, store: Store, stages: Sequence[Any] = (), depth: int | None = None,
+           make_query: Callable[[], Query] | None = None, exclude: Sequence[int] = (),
+           k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ranking users would get, best first: `loupe.search.pipeline.run` over `store`
+    (the whole gallery unless `k`). `make_query` builds the full query (pixels, text) and
+    is called only when a stage will look at it; `exclude` ids never appear."""
+    query = make_query() if stages and make_query is not None else Query(vector=vector)
+    query.exclude_ids = frozenset(int(i) for i in exclude)
+    cands = pipeline.run(query, store, k or len(store), stages, depth)
+    return cands.ids, cands.scores
 
 
 # --------------------------------------------------------------------------
@@ -417,7 +336,8 @@ def base_config(protocol: str, options: EvalOptions, embedder: Embedder, dataset
         "protocol": protocol,
         "model": identity,
         "weights_sha256": weights_checksum(identity),
-        "index": {"kind": "exact", "similarity": "inner product of L2-normalised vectors",
+        "index": {"kind": "Exact (loupe.index through loupe.search.pipeline)",
+                  "similarity": "inner product of L2-normalised vectors",
                   "ties": "higher score first, then lower gallery index"},
         "rerank": [
             {"name": r.name, "depth": options.rerank_depth or int(r.depth), "params": r.params()}

@@ -1,7 +1,7 @@
 """Composed image retrieval (reference image + text edit): CIRR, CIRCO, FashionIQ.
 
 Queries go through the composed-query path of the core:
-q = loupe.query.fuse(img(reference), txt(edit), weight) = normalise(w*img + (1-w)*txt).
+q = loupe.search.query.fuse(img(reference), txt(edit), weight) = normalise(w*img + (1-w)*txt).
 
 Protocols follow the official evaluation code as read in miccunifi/SEARLE
 (src/validate.py, src/datasets.py) and miccunifi/CIRCO (src/evaluation.py):
@@ -29,25 +29,24 @@ from typing import Any
 
 import numpy as np
 
+from loupe.core.types import Query
 from loupe.eval.cache import annotation_digest, files_digest
 from loupe.eval.common import (
     DatasetError,
     Embedder,
     EvalOptions,
     EvalResult,
-    InMemoryStore,
     QueryRecord,
     ResultItem,
     base_config,
     load_rerankers,
-    open_image,
     pct,
     progress_bar,
-    ranked_with_rerank,
+    ranked,
     require_files,
 )
 from loupe.eval.metrics import ap_at_k
-from loupe.types import Query
+from loupe.storage.memory import MemoryStore, open_image
 
 DEFAULT_WEIGHT = 0.5
 FIQ_CATEGORIES = ("dress", "shirt", "toptee")
@@ -184,7 +183,7 @@ def _check_names(name: str, path: Path, queries: list[ComposedQuery], known: dic
 
 
 def _fuse(img: np.ndarray, txt: np.ndarray, weight: float) -> np.ndarray:
-    from loupe.query import fuse
+    from loupe.search.query import fuse
 
     return fuse(img, txt, weight)
 
@@ -204,7 +203,7 @@ def _rankings(data: ComposedData, part: str, options: EvalOptions, embedder: Emb
     ref_vec = {n: R[i] for i, n in enumerate(outside)}
     T = embedder.texts([q.text for q in queries], description=f"{data.name} {part}: edits")
     paths = [data.root / r for r in rel]
-    store = InMemoryStore(paths, X, embedder.cache.root) if rerankers else None
+    store = MemoryStore(paths, X, embedder.cache.root)
     with progress_bar(options.progress, f"{data.name} {part}: ranking", len(queries)) as advance:
         for i, q in enumerate(queries):
             img = X[pos[q.reference]] if q.reference in pos else ref_vec[q.reference]
@@ -214,8 +213,8 @@ def _rankings(data: ComposedData, part: str, options: EvalOptions, embedder: Emb
             def make_query(q: ComposedQuery = q, vec: np.ndarray = vec) -> Query:
                 return Query(vector=vec, text=q.text, image=open_image(data.root / data.paths[q.reference]))
 
-            ranking, scores = ranked_with_rerank(make_query, X @ vec, store, rerankers, options.rerank_depth,
-                                                 exclude=exclude)
+            ranking, scores = ranked(vec, store, rerankers, options.rerank_depth, make_query,
+                                     exclude=exclude)
             yield q, ranking, scores, names, paths
             advance(1)
 
@@ -313,7 +312,7 @@ def evaluate(data: ComposedData, options: EvalOptions, embedder: Embedder | None
                     "annotations_sha256": annotation_digest(data.annotations),
                     "images_sha256": files_digest(data.root, [data.paths[n] for n in all_names]),
                     "queries": sum(len(v) for v in data.queries.values()), "gallery": len(all_names)}
-    extra = {"composed": {"fusion": "loupe.query.fuse: normalise(w*img + (1-w)*txt)", "weight": weight,
+    extra = {"composed": {"fusion": "loupe.search.query.fuse: normalise(w*img + (1-w)*txt)", "weight": weight,
                           "exclude_reference": exclude_reference}}
     return EvalResult(data.name, metrics, base_config(data.name, options, embedder, dataset_info, rerankers, extra),
                       records, per_query_metric=per_query_metric)

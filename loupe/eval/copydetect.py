@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from loupe.core.types import Query
 from loupe.eval.cache import annotation_digest, files_digest
 from loupe.eval.common import (
     Curve,
@@ -33,19 +34,17 @@ from loupe.eval.common import (
     Embedder,
     EvalOptions,
     EvalResult,
-    InMemoryStore,
     QueryRecord,
     ResultItem,
     base_config,
     load_rerankers,
-    open_image,
     pct,
     progress_bar,
-    ranked_with_rerank,
+    ranked,
     require_files,
 )
 from loupe.eval.metrics import micro_average_precision, recall_at_precision
-from loupe.types import Query
+from loupe.storage.memory import MemoryStore, open_image
 
 HOW_TO_GET = (
     "Get DISC21 from https://ai.meta.com/datasets/disc21-downloads/ (or the DrivenData "
@@ -126,7 +125,7 @@ def evaluate(data: CopyData, options: EvalOptions, embedder: Embedder | None = N
         raise DatasetError(f"{data.gt_file}: no ground-truth pair involves the {len(q_ids)} evaluated queries")
     rerankers = load_rerankers(options.rerank)
     paths = [data.root / r for r in data.references]
-    store = InMemoryStore(paths, R, embedder.cache.root) if rerankers else None
+    store = MemoryStore(paths, R, embedder.cache.root)
 
     pred_q, pred_r, pred_s = [], [], []
     tops: list[tuple[np.ndarray, np.ndarray]] = []
@@ -135,7 +134,7 @@ def evaluate(data: CopyData, options: EvalOptions, embedder: Embedder | None = N
             def make_query(i: int = i) -> Query:
                 return Query(vector=Q[i], image=open_image(data.root / data.queries[i]))
 
-            ranking, scores = ranked_with_rerank(make_query, R @ Q[i], store, rerankers, options.rerank_depth)
+            ranking, scores = ranked(Q[i], store, rerankers, options.rerank_depth, make_query)
             kk = min(k, len(ranking))
             pred_q.append(np.full(kk, i))
             pred_r.append(ranking[:kk])

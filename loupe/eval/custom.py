@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loupe.config import IMAGE_SUFFIXES
+from loupe.core.config import IMAGE_SUFFIXES
 from loupe.eval.cache import annotation_digest
 from loupe.eval.common import (
     Curve,
@@ -40,7 +40,7 @@ from loupe.eval.common import (
     load_rerankers,
     pct,
     progress_bar,
-    ranked_with_rerank,
+    ranked,
 )
 from loupe.eval.metrics import (
     average_precision,
@@ -123,10 +123,10 @@ def _relative(value: str, root: Path | None, path: Path, lineno: int) -> str:
 
 def evaluate(data: CustomData, library: object, options: EvalOptions) -> EvalResult:
     """Score the queries against `library` (a loupe.Library)."""
-    from loupe.query import QueryError
+    from loupe.core.errors import QueryError
 
     lib = library
-    ids, matrix = lib.all_vectors()
+    ids = lib.vectors_of_space.ids()
     if len(ids) == 0:
         raise DatasetError(f"library {lib.path} has no indexed images: run `loupe index` first")
     rerankers = load_rerankers(options.rerank)
@@ -135,7 +135,7 @@ def evaluate(data: CustomData, library: object, options: EvalOptions) -> EvalRes
     for q in data.queries:
         found = set()
         for lineno, rel in q.relevant:
-            image_id = lib.catalog.id_of_path(rel)
+            image_id = lib.id_of_path(rel)
             if image_id is None:
                 raise DatasetError(f"{data.csv_path}:{lineno}: relevant image {rel!r} is not indexed in "
                                    f"{lib.path} (root {lib.root})")
@@ -157,8 +157,9 @@ def evaluate(data: CustomData, library: object, options: EvalOptions) -> EvalRes
                     query = lib.make_query(q.query)
             except QueryError as exc:
                 raise DatasetError(f"{data.csv_path}:{q.line}: {exc}") from exc
-            ranking, scores = ranked_with_rerank(lambda query=query: query, matrix @ query.vector, lib, rerankers,
-                                                 options.rerank_depth, exclude=sorted(query.exclude_ids), ids=ids)
+            ranking, scores = ranked(query.vector, lib.store, rerankers, options.rerank_depth,
+                                     lambda query=query: query, exclude=sorted(query.exclude_ids),
+                                     k=len(ids))
             rel = np.isin(ranking, list(relevant))[None]
             n = len(relevant)
             row = {"AP": average_precision(rel, n)[0], **{f"R@{k}": recall_at_k(rel, n, k)[0] for k in KS},
@@ -192,8 +193,8 @@ def evaluate(data: CustomData, library: object, options: EvalOptions) -> EvalRes
                     "library": str(lib.path), "library_root": str(lib.root), "library_images": int(len(ids)),
                     "library_model": lib.identity}
     config = base_config("custom", options, embedder, dataset_info, rerankers,
-                         {"index": {"kind": "exact over lib.all_vectors()",
+                         {"index": {**(lib.stats()["index"] or {}),
                                     "similarity": "inner product of L2-normalised vectors",
-                                    "dba": lib.catalog.get_meta("dba")}})
+                                    "dba": lib.stats()["dba"]}})
     config["options"]["model"] = lib.identity.get("model_name") if lib.identity else options.model
     return EvalResult("custom", metrics, config, records, curves, notes, per_query_metric="AP")

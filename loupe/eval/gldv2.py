@@ -22,25 +22,24 @@ from pathlib import Path
 
 import numpy as np
 
+from loupe.core.types import Query
 from loupe.eval.cache import annotation_digest, files_digest
 from loupe.eval.common import (
     DatasetError,
     Embedder,
     EvalOptions,
     EvalResult,
-    InMemoryStore,
     QueryRecord,
     ResultItem,
     base_config,
     load_rerankers,
-    open_image,
     pct,
     progress_bar,
-    ranked_with_rerank,
+    ranked,
     require_files,
 )
 from loupe.eval.metrics import ap_at_k
-from loupe.types import Query
+from loupe.storage.memory import MemoryStore, open_image
 
 K = 100
 SOLUTION = "retrieval_solution_v2.1.csv"
@@ -112,7 +111,7 @@ def evaluate(data: GLDv2Data, options: EvalOptions, embedder: Embedder | None = 
     Q = embedder.images(data.root, [image_rel("test", q) for q in data.queries], description="gldv2: queries")
     rerankers = load_rerankers(options.rerank)
     paths = [data.root / r for r in index_rel]
-    store = InMemoryStore(paths, X, embedder.cache.root) if rerankers else None
+    store = MemoryStore(paths, X, embedder.cache.root)
     position = {i: n for n, i in enumerate(data.index_ids)}
 
     aps = np.empty(len(data.queries))
@@ -122,7 +121,7 @@ def evaluate(data: GLDv2Data, options: EvalOptions, embedder: Embedder | None = 
             def make_query(n: int = n) -> Query:
                 return Query(vector=Q[n], image=open_image(data.root / image_rel("test", data.queries[n])))
 
-            ranking, scores = ranked_with_rerank(make_query, X @ Q[n], store, rerankers, options.rerank_depth)
+            ranking, scores = ranked(Q[n], store, rerankers, options.rerank_depth, make_query)
             relevant = {position[r] for r in data.relevant[n] if r in position}
             rel = np.isin(ranking[:K], list(relevant))
             # the official count: every listed relevant image, even one missing from the index

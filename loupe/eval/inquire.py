@@ -29,24 +29,25 @@ from pathlib import Path
 
 import numpy as np
 
+from loupe.core.types import Query
 from loupe.eval.cache import annotation_digest, files_digest
 from loupe.eval.common import (
     DatasetError,
     Embedder,
     EvalOptions,
     EvalResult,
-    InMemoryStore,
     QueryRecord,
     ResultItem,
     base_config,
     load_rerankers,
     pct,
     progress_bar,
-    ranked_with_rerank,
+    ranked,
     require_files,
 )
 from loupe.eval.metrics import ap_at_k_scored, ndcg_at_k_scored, reciprocal_rank
-from loupe.types import Candidates, Query
+from loupe.search import pipeline
+from loupe.storage.memory import MemoryStore
 
 K = 50
 HOW_TO_GET = (
@@ -122,14 +123,14 @@ def evaluate_fullrank(data: FullrankData, options: EvalOptions, embedder: Embedd
     stems = np.array([Path(g).stem for g in data.gallery])
     paths = [data.gallery_root / g for g in data.gallery]
     rerankers = load_rerankers(options.rerank)
-    store = InMemoryStore(paths, X, embedder.cache.root) if rerankers else None
+    store = MemoryStore(paths, X, embedder.cache.root)
     rows, records = [], []
     with progress_bar(options.progress, "inquire: ranking", len(T)) as advance:
         for i, text in enumerate(data.query_texts):
             def make_query(i: int = i) -> Query:
                 return Query(vector=T[i], text=data.query_texts[i])
 
-            ranking, scores = ranked_with_rerank(make_query, X @ T[i], store, rerankers, options.rerank_depth)
+            ranking, scores = ranked(T[i], store, rerankers, options.rerank_depth, make_query)
             top, top_scores = ranking[:k], scores[:k]
             rel = np.isin(stems[top], list(data.relevant[i]))
             n_rel = len(data.relevant[i])
@@ -207,16 +208,11 @@ def evaluate_rerank(data: RerankData, options: EvalOptions, embedder: Embedder |
     rows, records = [], []
     for i, text in enumerate(data.queries):
         ids, rel = data.lists[i]
-        scores = X[ids] @ T[i]
         # candidates carry positions in this query's fixed list: its store holds only
         # those images, so a reranker that searches again (alpha-QE) stays inside the task
-        order = np.lexsort((np.arange(len(ids)), -scores))
-        cands = Candidates(order, scores[order])
-        if rerankers:
-            from loupe.rerank import apply
-
-            store = InMemoryStore([paths[j] for j in ids], X[ids], embedder.cache.root)
-            cands = apply(rerankers, Query(vector=T[i], text=text), cands, store, options.rerank_depth)
+        store = MemoryStore([paths[j] for j in ids], X[ids], embedder.cache.root)
+        cands = pipeline.run(Query(vector=T[i], text=text), store, len(ids), rerankers,
+                             options.rerank_depth)
         rel_sorted = rel[cands.ids]
         ranked_images = ids[cands.ids]
         n_rel = int(rel.sum())

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from loupe.core.types import Query
 from loupe.eval.cache import annotation_digest, files_digest
 from loupe.eval.common import (
     Curve,
@@ -27,19 +28,17 @@ from loupe.eval.common import (
     Embedder,
     EvalOptions,
     EvalResult,
-    InMemoryStore,
     QueryRecord,
     ResultItem,
     base_config,
     load_rerankers,
-    open_image,
     pct,
     progress_bar,
-    ranked_with_rerank,
+    ranked,
     require_files,
 )
 from loupe.eval.metrics import interpolated_pr, revisitop_protocol, revisitop_query
-from loupe.types import Query
+from loupe.storage.memory import MemoryStore, open_image
 
 DATASETS = ("roxford5k", "rparis6k")
 PROTOCOLS = {"easy": "E", "medium": "M", "hard": "H"}
@@ -220,7 +219,7 @@ def evaluate(data: RevisitopData, options: EvalOptions, embedder: Embedder | Non
                             description=f"{data.name}: queries (cropped)")
 
     rerankers = load_rerankers(options.rerank)
-    store = InMemoryStore(gallery_paths, X, embedder.cache.root) if rerankers else None
+    store = MemoryStore(gallery_paths, X, embedder.cache.root)
 
     nq = len(data.qimlist)
     aps = {p: np.full(nq, np.nan) for p in PROTOCOLS}
@@ -229,14 +228,11 @@ def evaluate(data: RevisitopData, options: EvalOptions, embedder: Embedder | Non
     records: list[QueryRecord] = []
     with progress_bar(options.progress, f"{data.name}: ranking", nq) as advance:
         for i in range(nq):
-            scores = X @ Q[i]
-
             def make_query(i: int = i) -> Query:
                 im = open_image(data.image_dir / f"{data.qimlist[i]}.jpg").crop(boxes[i])
                 return Query(vector=Q[i], image=im, box=boxes[i])
 
-            ranking, ranked_scores = ranked_with_rerank(make_query, scores, store, rerankers,
-                                                        options.rerank_depth)
+            ranking, ranked_scores = ranked(Q[i], store, rerankers, options.rerank_depth, make_query)
             per_q: dict[str, float] = {}
             for proto, letter in PROTOCOLS.items():
                 g = revisitop_protocol(data.gnd[i], proto)

@@ -15,7 +15,7 @@ from PIL import Image
 
 
 class ColorEncoder:
-    """Encoder-shaped (see loupe.encoders.Encoder): images -> mean RGB, texts -> table vectors."""
+    """Encoder-shaped (see loupe.models.openclip.Encoder): images -> mean RGB, texts -> table vectors."""
 
     def __init__(self, texts: Mapping[str, Sequence[float]] | None = None, step: float = 10.0):
         self.texts = {k: np.asarray(v, np.float32) for k, v in (texts or {}).items()}

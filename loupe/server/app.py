@@ -25,10 +25,11 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 import loupe
-from loupe.config import ALLOWED_FORMATS, Filters, IndexOptions
-from loupe.decode import DecodeError, decode
+from loupe.core.config import ALLOWED_FORMATS, IndexOptions
+from loupe.core.types import Filters
 from loupe.library import Library
-from loupe.query import QueryError
+from loupe.media.decode import DecodeError, decode
+from loupe.search.query import QueryError
 from loupe.server import thumbs
 from loupe.server.auth import token_matches
 from loupe.server.files import image_record, media_type, safe_file
@@ -100,7 +101,7 @@ def create_app(lib: Library, token: str, *, max_upload_bytes: int = MAX_UPLOAD_B
         """By text (`q`), by an indexed image (`like`), or both (`like` + `q` as the edit)."""
         if p.like is not None:
             image_record(lib, p.like)
-            if len(lib.snapshot().positions([p.like])) == 0:
+            if not lib.is_searchable(p.like):
                 raise HTTPException(404, f"image {p.like} is not searchable yet: it is being indexed")
             return _page(lib, p, text=p.q, like=p.like, weight=p.weight)
         if not p.q or not p.q.strip():
@@ -163,21 +164,21 @@ def create_app(lib: Library, token: str, *, max_upload_bytes: int = MAX_UPLOAD_B
     # --- library ------------------------------------------------------------------------------
     @app.get("/api/health", tags=["library"])
     def health() -> dict[str, Any]:
-        return {"status": "ok", "version": loupe.__version__, "searchable": len(lib.snapshot()),
+        return {"status": "ok", "version": loupe.__version__, "searchable": lib.searchable(),
                 "indexing": indexer.running}
 
     @app.get("/api/stats", tags=["library"])
     def stats() -> dict[str, Any]:
         info = lib.stats()
         info["error_list"] = info["error_list"][:_STATS_ERROR_LIST]
-        info["searchable"] = len(lib.snapshot())
+        info["searchable"] = lib.searchable()
         info["indexing"] = indexer.status()
         return jsonable_encoder(info)
 
     @app.get("/api/index", tags=["index"])
     def index_status() -> dict[str, Any]:
         """The background re-index: state, done, total, left; and the catalog's counts."""
-        return {**indexer.status(), **lib.catalog.counts(), "searchable": len(lib.snapshot())}
+        return {**indexer.status(), **lib.counts(), "searchable": lib.searchable()}
 
     @app.post("/api/index", tags=["index"], status_code=202, dependencies=[Admin])
     def index_start() -> dict[str, Any]:
@@ -281,7 +282,7 @@ def _rerankers(spec: str | None) -> list[Any] | None:
     names = [n.strip().lower() for n in (spec or "").split(",") if n.strip()]
     if not names or names == ["none"]:
         return None
-    from loupe.rerank import REGISTRY
+    from loupe.search.stages import REGISTRY
 
     unknown = [n for n in names if n not in REGISTRY]
     if unknown:
@@ -344,4 +345,4 @@ class _Watcher:
                 self.lib.refresh()
             except Exception:
                 log.exception("snapshot refresh failed")
-        self.lib.catalog.close()
+        self.lib.close()

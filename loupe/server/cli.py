@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from loupe.config import CATALOG_FILENAME, LIBRARY_DIRNAME
+from loupe.core.config import CATALOG_FILENAME, LIBRARY_DIRNAME
 from loupe.library import Library, LibraryError, find_library
 
 LOOPBACK_NAMES = ["127.0.0.1", "localhost"]
@@ -69,7 +69,7 @@ def serve(
 
     out = Console(stderr=True, highlight=False, soft_wrap=True)  # no line breaks inside a URL or token
     shown = f"[{host}]" if ":" in host else host
-    out.print(f"[bold]Loupe[/] serving {lib.path} ({len(lib.snapshot())} searchable images)")
+    out.print(f"[bold]Loupe[/] serving {lib.path} ({lib.searchable()} searchable images)")
     out.print(f"  page:        http://{shown}:{port}/")
     out.print(f"  API docs:    http://{shown}:{port}/api/docs")
     out.print(f"  admin token: [bold]{token}[/]")

@@ -19,7 +19,7 @@ MEDIA_TYPES = {
 
 def image_record(lib: Library, image_id: int) -> dict[str, Any]:
     """The catalog row of a searchable image, or a 404."""
-    rec = lib.catalog.record(image_id)
+    rec = lib.find_record(image_id)
     if rec is None:
         raise HTTPException(404, f"no image with id {image_id} in this library")
     if rec["status"] != "ok":

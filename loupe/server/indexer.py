@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any
 
-from loupe.config import IndexOptions
+from loupe.core.config import IndexOptions
 from loupe.library import Library
 
 log = logging.getLogger("loupe.server")
@@ -112,7 +112,7 @@ class BackgroundIndexer:
                     self.lib.save_vectors()
             except Exception:
                 log.exception("snapshot refresh failed")
-            self.lib.catalog.close()  # this thread's SQLite connection
+            self.lib.close()  # this thread's SQLite connection
             with self._lock:
                 self._status.update(state=state, report=report, error=error,
                                     finished_at=time.time())
@@ -129,4 +129,4 @@ class BackgroundIndexer:
         except Exception:  # keep indexing; the final refresh will try again
             log.exception("snapshot refresh failed")
         finally:
-            self.lib.catalog.close()
+            self.lib.close()

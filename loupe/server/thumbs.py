@@ -6,8 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from loupe.decode import decode, read_bytes
 from loupe.library import Library
+from loupe.media.decode import decode, read_bytes
 
 SIZES = (256, 1024)   # the grid's tiles (sharp on 2x screens) and the large view
 QUALITY = 82

@@ -1,0 +1,78 @@
+"""Every setting Loupe has, in one table (name, default, help), and the library folder's layout.
+
+Values here are defaults, not state: callers pass overrides explicitly, and what a
+library chose (its model, its index kind) is recorded in its catalog.
+`loupe settings` prints this table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    help: str
+
+
+SETTINGS: dict[str, Setting] = {s.name: s for s in (
+    # ViT-B-32 trained on LAION-2B: open_clip's published Flickr30k text->image
+    # R@1 is 66.8 (COCO 39.3) at 4.4 GFLOPs per image, the cheapest ViT in the
+    # table with retrieval within a few points of models 3-4x its cost.
+    Setting("model", "ViT-B-32:laion2b_s34b_b79k",
+            "Embedding model of a new library (open_clip ARCH:TAG)."),
+    Setting("batch_size", 32, "Images per model call when indexing."),
+    Setting("workers", 0, "Decode threads when indexing; 0 = one per core, at least 2."),
+    Setting("max_pixels", 150_000_000,
+            "Images with more pixels are refused (decompression bombs); below Pillow's ~179 MP."),
+    Setting("max_file_bytes", 200 * 1024**2, "Files larger than this are recorded as too large."),
+    Setting("index_memory_budget", 1024**3,
+            "Bytes the search index may keep in RAM; larger libraries get a compressed index."),
+    Setting("k", 20, "Results per search."),
+    Setting("fusion_weight", 0.5, "Image+text queries: weight of the image (1 = image only)."),
+)}
+
+
+def default(name: str) -> Any:
+    return SETTINGS[name].default
+
+
+DEFAULT_MODEL: str = default("model")
+MAX_PIXELS: int = default("max_pixels")
+MAX_FILE_BYTES: int = default("max_file_bytes")
+
+# --- the library folder ---------------------------------------------------------------------
+LIBRARY_DIRNAME = ".loupe"        # FOLDER/.loupe unless --library says otherwise
+CATALOG_FILENAME = "catalog.db"   # rows, vectors per space, settings chosen (SQLite)
+SPACES_DIRNAME = "spaces"         # spaces/<id>/: the saved search index of each embedding space
+CACHE_DIRNAME = "cache"           # cache/<name>/: thumbnails, local features (safe to delete)
+
+# File name endings the scanner considers by default. The decoder then trusts
+# the bytes, not the ending: a JPEG named .png (or .svg) is decoded as a JPEG.
+IMAGE_SUFFIXES = (
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".dib",
+    ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".heic", ".heif", ".avif", ".svg",
+)
+
+# Pillow format names Loupe decodes. MPO is what Pillow calls multi-picture
+# JPEGs from phones and cameras.
+ALLOWED_FORMATS = frozenset(
+    {"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "DIB", "TIFF", "PPM", "HEIF", "AVIF"}
+)
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    """How `Library.index` reads a folder."""
+
+    include: tuple[str, ...] = ()           # globs on the relative path; empty = IMAGE_SUFFIXES
+    exclude: tuple[str, ...] = ()
+    batch_size: int = default("batch_size")
+    workers: int = default("workers")
+    max_pixels: int = MAX_PIXELS
+    max_file_bytes: int = MAX_FILE_BYTES
+    skip_hidden: bool = True
+    index_spec: str | None = None           # force the search index kind (FAISS-like spec string)

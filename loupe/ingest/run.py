@@ -1,0 +1,137 @@
+"""Index a folder: plan -> read (worker threads) -> embed (batched) -> apply, one batch per
+transaction.
+
+Reading and decoding run in worker threads (Pillow releases the GIL while it decodes
+and resizes) a bounded window ahead of the model, so I/O and decoding hide behind
+inference. Every batch is committed in one SQLite transaction: a crash or Ctrl-C
+loses at most the batch in flight, and the same command resumes. The model is asked
+for only when the first new content needs it: a run where nothing changed loads none.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from loupe.core.config import IndexOptions
+from loupe.core.errors import DecodeError
+from loupe.ingest import embed as emb
+from loupe.ingest.apply import IndexReport, RunState, commit
+from loupe.ingest.embed import Item
+from loupe.ingest.plan import Plan
+from loupe.media.scan import FileEntry
+from loupe.storage.catalog import Catalog
+
+# progress(done, total) is called after each committed batch; total is fixed once scanning ends.
+Progress = Callable[[int, int], None]
+
+
+def run_index(catalog: Catalog, plan: Plan, root: Path, options: IndexOptions, *,
+              space: Callable[[], int], encoder: Callable[[], Any], image_size: int | None,
+              progress: Progress | None = None) -> IndexReport:
+    """Carry out `plan`. `space()` and `encoder()` are called only when content must be
+    embedded (they load the model); `image_size` is the space's, when it is known."""
+    started = time.perf_counter()
+    report = IndexReport(scanned=plan.scanned, unchanged=plan.unchanged)
+    known_rows = plan.known
+
+    # Deleted files leave first, in one transaction, but keep their vectors and metadata
+    # until the run ends, so that a file that moved is matched by content and not re-embedded.
+    left_behind: dict[str, dict[str, Any]] = {}
+    for rel in plan.gone:
+        sha = known_rows[rel]["sha256"]
+        if sha and known_rows[rel]["status"] == "ok":
+            left_behind[sha] = catalog.meta_for_hash(sha) or {}
+    if plan.gone:
+        with catalog.transaction() as db:
+            Catalog.delete_paths(db, plan.gone)
+    report.removed = len(plan.gone)
+
+    space_id = catalog.active_space()
+    if image_size is None and plan.todo:   # a new library: the model names the space
+        image_size = encoder().image_size
+        space_id = space()
+    state = RunState(space=space_id if space_id is not None else -1,
+                     known=catalog.known_hashes(space_id) if space_id is not None else set(),
+                     old_sha={e.rel: known_rows[e.rel]["sha256"] for e in plan.todo if e.rel in known_rows},
+                     left_behind=left_behind)
+    total = len(plan.todo)
+    if progress:
+        progress(0, total)
+
+    def prepare(image: Any) -> Any:
+        return encoder().prepare(image)
+
+    def work(entry: FileEntry) -> Item:
+        return emb.read(entry, root, known=state.known, max_file_bytes=options.max_file_bytes,
+                        max_pixels=options.max_pixels, image_size=image_size or 0, prepare=prepare)
+
+    done = 0
+    batch: list[Item] = []
+    n_new = 0
+    workers = options.workers or max(2, os.cpu_count() or 2)
+
+    def flush() -> None:
+        nonlocal done, batch, n_new
+        _fill_reused(catalog, batch, state, root, options)
+        if any(it.pixels is not None for it in batch):
+            report.model_loaded = True
+            emb.embed(batch, encoder().encode_pixels)
+        commit(catalog, batch, state, report)
+        done += len(batch)
+        batch, n_new = [], 0
+        if progress:
+            progress(done, total)
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="loupe-decode") as pool:
+        try:
+            for item in _ordered(pool, work, plan.todo, window=options.batch_size * 2 + workers):
+                batch.append(item)
+                n_new += item.pixels is not None
+                if n_new >= options.batch_size:
+                    flush()
+            if batch:
+                flush()
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+    # Orphan vectors are referenced by no searchable row: dropping them changes no result.
+    with catalog.transaction(bump=False) as db:
+        Catalog.drop_orphan_vectors(db)
+        report.seconds = time.perf_counter() - started
+        catalog.set_meta("last_index", {"finished_at": time.time(), **report.to_dict()}, db=db)
+    return report
+
+
+def _fill_reused(catalog: Catalog, batch: list[Item], state: RunState, root: Path,
+                 options: IndexOptions) -> None:
+    """Metadata for content whose vector is known: from the file that left, else from the
+    catalog, else (rows lost in a crash mid-move) a cheap decode of the file itself."""
+    for it in batch:
+        if not it.reused or it.meta is not None:
+            continue
+        it.meta = state.left_behind.get(it.sha) or catalog.meta_for_hash(it.sha)
+        if not it.meta:
+            try:
+                it.meta = emb.probe_meta(root, it.entry, options.max_file_bytes, options.max_pixels)
+            except (DecodeError, OSError) as exc:
+                it.error, it.reused = str(exc), False
+
+
+def _ordered(pool: ThreadPoolExecutor, fn: Callable[[FileEntry], Item],
+             items: Iterable[FileEntry], window: int) -> Iterator[Item]:
+    """pool.map, but with at most `window` items in flight (bounded memory) and in order."""
+    it = iter(items)
+    queue = deque(pool.submit(fn, e) for _, e in zip(range(window), it, strict=False))
+    while queue:
+        item = queue.popleft().result()
+        nxt = next(it, None)
+        if nxt is not None:
+            queue.append(pool.submit(fn, nxt))
+        yield item

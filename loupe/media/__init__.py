@@ -1,0 +1,1 @@
+"""Files to pixels: scanning folders, decoding safely, drawing boxes."""

@@ -1,0 +1,187 @@
+"""Text for the text towers without torch: CLIP's byte-level BPE, and a cache of query vectors.
+
+`ClipTokenizer` reads the BPE merges file that open_clip ships (`bpe_simple_vocab_16e6.txt.gz`,
+copied next to an exported model) and gives the same token ids as open_clip's tokenizer with
+its default cleaning (ftfy's fix_text when installed, HTML unescaping, whitespace, lower case),
+without importing torch or open_clip. `regex` is needed for the Unicode classes of CLIP's
+pre-tokenisation pattern.
+
+`TextCache` remembers the vectors of recent texts: a search box sends the same query again
+and again (paging, re-ranking, a changed filter).
+"""
+
+from __future__ import annotations
+
+import gzip
+import html
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
+# Number of merges open_clip keeps from the file (its vocabulary: 512 byte symbols, the merges,
+# then the two special tokens = 49408).
+N_MERGES = 49152 - 256 - 2
+SOT, EOT = "<start_of_text>", "<end_of_text>"
+
+
+@lru_cache(maxsize=1)
+def _byte_symbols() -> dict[int, str]:
+    """Each byte -> a printable character: printable Latin-1 bytes stand for themselves, the
+    rest are moved above U+00FF in byte order (the reversible map GPT-2 and CLIP use). The
+    order of the entries is the vocabulary's: the printable bytes first, then the others."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+            *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {b: chr(b) for b in keep}, 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def _fix_text(text: str) -> str:
+    try:
+        import ftfy
+    except ImportError:  # ftfy only repairs mojibake; ordinary text is unchanged without it
+        return text
+    return ftfy.fix_text(text)
+
+
+def clean(text: str) -> str:
+    """open_clip's `lower` cleaning: repair, unescape HTML twice, collapse spaces, lower-case."""
+    text = html.unescape(html.unescape(_fix_text(text))).strip()
+    return " ".join(text.split()).strip().lower()
+
+
+class ClipTokenizer:
+    """CLIP's BPE tokeniser: texts -> [sot, ..., eot] id lists (not padded)."""
+
+    def __init__(self, vocab_path: str | Path, context_length: int = 77):
+        import regex
+
+        with gzip.open(vocab_path, "rt", encoding="utf-8") as fh:
+            lines = fh.read().split("\n")[1:N_MERGES + 1]
+        merges = [tuple(line.split()) for line in lines]
+        symbols = list(_byte_symbols().values())
+        vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + [SOT, EOT]
+        self.ids = {tok: i for i, tok in enumerate(vocab)}
+        self.ranks = {pair: i for i, pair in enumerate(merges)}
+        self.sot_id, self.eot_id = self.ids[SOT], self.ids[EOT]
+        self.vocab_size = len(vocab)
+        self.context_length = context_length
+        self._bytes = _byte_symbols()
+        self._words: dict[str, list[int]] = {}
+        self._lock = threading.Lock()
+        self._split = regex.compile(
+            rf"{SOT}|{EOT}|'s|'t|'re|'ve|'m|'ll|'d|[\p{{L}}]+|[\p{{N}}]|[^\s\p{{L}}\p{{N}}]+",
+            regex.IGNORECASE)
+
+    def _merge(self, word: str) -> list[int]:
+        """One pre-token (already mapped to byte symbols) -> its BPE ids."""
+        if word in (SOT, EOT):
+            return [self.ids[word]]
+        parts = [*word[:-1], word[-1] + "</w>"]
+        while len(parts) > 1:
+            best, best_rank = -1, len(self.ranks)
+            for i in range(len(parts) - 1):
+                rank = self.ranks.get((parts[i], parts[i + 1]), best_rank)
+                if rank < best_rank:
+                    best, best_rank = i, rank
+            if best < 0:
+                break
+            a, b = parts[best], parts[best + 1]
+            merged, i = [], 0
+            while i < len(parts):  # merge every occurrence of the pair, left to right
+                if i < len(parts) - 1 and parts[i] == a and parts[i + 1] == b:
+                    merged.append(a + b)
+                    i += 2
+                else:
+                    merged.append(parts[i])
+                    i += 1
+            parts = merged
+        return [self.ids[p] for p in parts]
+
+    def encode(self, text: str) -> list[int]:
+        """The ids of a text, without start/end tokens."""
+        out: list[int] = []
+        for piece in self._split.findall(clean(text)):
+            word = "".join(self._bytes[b] for b in piece.encode("utf-8"))
+            ids = self._words.get(word)
+            if ids is None:
+                ids = self._merge(word)
+                with self._lock:
+                    if len(self._words) > 50_000:
+                        self._words.clear()
+                    self._words[word] = ids
+            out.extend(ids)
+        return out
+
+    def __call__(self, texts: Sequence[str]) -> list[list[int]]:
+        """Texts -> [sot, ids..., eot], cut to the context length (the last id stays eot)."""
+        rows = []
+        for text in texts:
+            ids = [self.sot_id, *self.encode(text), self.eot_id]
+            if len(ids) > self.context_length:
+                ids = ids[:self.context_length]
+                ids[-1] = self.eot_id
+            rows.append(ids)
+        return rows
+
+
+def pad(rows: Sequence[Sequence[int]], length: int, pad_id: int = 0,
+        dtype: type = np.int64) -> np.ndarray:
+    """Id lists -> a [n, length] array, padded with `pad_id` (rows longer are an error)."""
+    out = np.full((len(rows), length), pad_id, dtype=dtype)
+    for i, ids in enumerate(rows):
+        if len(ids) > length:
+            raise ValueError(f"{len(ids)} tokens do not fit a context of {length}")
+        out[i, :len(ids)] = ids
+    return out
+
+
+class TextCache:
+    """A small LRU of text -> vector, shared by an encoder's threads.
+
+    `lookup(texts, compute)` returns the vectors of `texts`, calling `compute` once with only
+    the texts it has not seen recently."""
+
+    def __init__(self, size: int = 256):
+        self.size = size
+        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def lookup(self, texts: Sequence[str],
+               compute: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+        if self.size <= 0:
+            return compute(list(texts))
+        found: dict[str, np.ndarray] = {}
+        with self._lock:
+            for t in texts:
+                vec = self._items.get(t)
+                if vec is not None:
+                    self._items.move_to_end(t)
+                    found[t] = vec
+            self.hits += sum(t in found for t in texts)
+        todo = list(dict.fromkeys(t for t in texts if t not in found))
+        if todo:
+            vecs = compute(todo)
+            with self._lock:
+                self.misses += len(todo)
+                for t, v in zip(todo, vecs, strict=True):
+                    v = np.array(v, dtype=np.float32)
+                    v.flags.writeable = False
+                    found[t] = self._items[t] = v
+                    self._items.move_to_end(t)
+                while len(self._items) > self.size:
+                    self._items.popitem(last=False)
+        return np.stack([found[t] for t in texts]).astype(np.float32, copy=True)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()

@@ -1,0 +1,1 @@
+"""Search: query building, the pipeline (first stage -> stages -> hits) and the stages."""
