@@ -1,0 +1,148 @@
+"""The engine core: embedding spaces, named migrations, the index chosen and recorded,
+one writer per library, and a no-op index that loads no model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from conftest import TEST_DATA, TINY, make_folder
+
+from loupe import Filters, IndexOptions, Library, LibraryError
+
+FIXTURE = TEST_DATA / "library-0.1.0"
+
+
+@pytest.fixture
+def old_library(tmp_path):
+    """A library written by Loupe 0.1.0 (kept in tests/data), copied so it can be migrated."""
+    root = tmp_path / "old"
+    shutil.copytree(FIXTURE, root)
+    return root
+
+
+def test_a_0_1_0_library_migrates_in_place_with_the_same_results(old_library):
+    expected = json.loads((old_library / "expected.json").read_text())
+    assert expected["loupe_version"] == "0.1.0"
+    lib = Library.open(old_library / ".loupe", device="cpu")
+    assert lib.catalog.migrated == ["m001_initial", "m002_embedding_spaces", "m003_epoch"]
+    (space,) = lib.catalog.spaces()
+    assert (space["name"], space["vectors"], space["active"]) == ("loupe-tiny:random", 10, True)
+    assert space["identity"]["pipeline"]["decode"] == "jpeg-draft>=image_size"
+    for case in expected["queries"]:
+        terms = dict(case["query"])
+        filters = terms.pop("filters", None)
+        hits = lib.search(**terms, k=5, filters=Filters(**filters) if filters else None)
+        assert [h.meta["rel_path"] for h in hits] == [p for p, _ in case["hits"]], case["query"]
+        np.testing.assert_allclose([h.score for h in hits], [s for _, s in case["hits"]], atol=1e-6)
+    for f in old_library.rglob("*.*"):          # every file re-read and hashed, as after a fresh clone
+        if ".loupe" not in f.parts:
+            os.utime(f, (f.stat().st_mtime + 10, f.stat().st_mtime + 10))
+    report = lib.index()
+    assert (report.embedded, report.added, report.unchanged, report.errors) == (0, 0, 11, 1)
+    assert lib.counts() == {"files": 12, "indexed": 11, "errors": 1, "vectors": 10}
+    lib.close()
+    again = Library.open(old_library / ".loupe", device="cpu")
+    assert again.catalog.migrated == []          # recorded: a migration runs once
+    assert [r[0] for r in again.catalog.db.execute("SELECT name FROM _migrations ORDER BY name")] \
+        == ["m001_initial", "m002_embedding_spaces", "m003_epoch"]
+
+
+def test_vectors_are_keyed_by_space_and_content(old_library):
+    lib = Library.open(old_library / ".loupe", device="cpu")
+    identity = dict(lib.identity)
+    other = {**identity, "source": "another-checkpoint"}
+    second = lib.catalog.add_space("other-model", other)
+    assert second != lib.catalog.active_space()
+    assert lib.catalog.add_space("other-model", other) == second      # same identity, same space
+    sha = lib.record(lib.resolve("a/img01.png"))["sha256"]
+    with lib.catalog.transaction() as db:
+        lib.catalog.put_vector(db, second, sha, np.ones(32, np.float32))
+    spaces = {s["id"]: s for s in lib.catalog.spaces()}
+    assert spaces[second]["vectors"] == 1 and not spaces[second]["active"]
+    # the active space is untouched: same vector for that content, still searchable
+    hit = lib.search(like="a/img01.png", k=1)
+    assert hit and hit[0].meta["rel_path"] != "a/img01.png"   # itself excluded, others found
+    assert lib.stats()["spaces"][0]["active"] and len(lib.stats()["spaces"]) == 2
+
+
+def test_a_no_op_index_loads_no_model(tmp_path):
+    root = tmp_path / "photos"
+    make_folder(root, 8)
+    Library.open(root / ".loupe", model=TINY, device="cpu").index()
+    lib = Library.open(root / ".loupe", device="cpu")
+    report = lib.index()
+    assert (report.unchanged, report.embedded, report.model_loaded) == (8, 0, False)
+    assert lib._encoder is None
+    make_folder(root, 1, start=50)
+    report = lib.index()
+    assert (report.added, report.model_loaded) == (1, True)
+
+
+def test_one_writer_per_library(tmp_path):
+    root = tmp_path / "photos"
+    make_folder(root, 3)
+    first = Library.open(root / ".loupe", model=TINY, device="cpu")
+    first.index()
+    second = Library.open(root / ".loupe", device="cpu")
+    with first.writing():
+        with pytest.raises(LibraryError, match="another process is indexing"):
+            second.index()
+        assert len(second.search(like="img0000.png", k=5)) == 2     # readers are never blocked
+    assert second.index().unchanged == 3                            # free again once released
+
+
+def test_index_kind_is_chosen_recorded_and_overridable(tmp_path):
+    root = tmp_path / "photos"
+    make_folder(root, 40)
+    lib = Library.open(root / ".loupe", model=TINY, device="cpu")
+    lib.index()
+    stats = lib.stats()
+    assert stats["index"]["spec"] == "Exact" and stats["index"]["count"] == 40
+    exact = {i: lib.search(like=f"img{i:04d}.png", k=5) for i in range(0, 40, 7)}
+    lib.index(IndexOptions(index_spec="HNSW16"))
+    stats = lib.stats()
+    assert stats["index"]["spec"].startswith("HNSW") and stats["index"]["count"] == 40
+    state = lib.catalog.space_state(lib.catalog.active_space())
+    assert state["index_override"] == "HNSW16" and 0.0 <= state["index"]["recall_at_10"] <= 1.0
+    for i, hits in exact.items():    # 40 vectors: HNSW is exact here
+        assert [h.id for h in lib.search(like=f"img{i:04d}.png", k=5)] == [h.id for h in hits]
+    fresh = Library.open(root / ".loupe", device="cpu")
+    assert fresh.stats()["index"]["spec"].startswith("HNSW")        # reopened from the saved index
+    lib.index(IndexOptions(index_spec="auto"))
+    assert lib.stats()["index"]["spec"] == "Exact"
+
+
+def test_filters_travel_into_the_index(tmp_path):
+    root = tmp_path / "photos"
+    make_folder(root, 20, sub="a")
+    make_folder(root, 20, start=100, sub="b")
+    lib = Library.open(root / ".loupe", model=TINY, device="cpu")
+    lib.index(IndexOptions(index_spec="HNSW16"))
+    for k in (1, 5, 20, 30):
+        hits = lib.search("anything", k=k, filters=Filters(folder="b"))
+        assert len(hits) == min(k, 20)                                # k come back when k exist
+        assert all(h.meta["rel_path"].startswith("b/") for h in hits)
+    q = lib.make_query("anything").vector
+    ids, matrix = lib.all_vectors()
+    allowed = np.array([lib.resolve(f"b/img{i:04d}.png") for i in range(100, 120)])
+    scores = matrix[np.isin(ids, allowed)] @ q
+    want = ids[np.isin(ids, allowed)][np.argsort(-scores, kind="stable")][:5]
+    assert [h.id for h in lib.search("anything", k=5, filters=Filters(folder="b"))] == want.tolist()
+
+
+def test_a_hit_deleted_after_the_snapshot_is_skipped(tmp_path):
+    root = tmp_path / "photos"
+    make_folder(root, 6)
+    lib = Library.open(root / ".loupe", model=TINY, device="cpu")
+    lib.index()
+    lib.auto_refresh = False                           # as the server: the snapshot lags the catalog
+    assert len(lib.search(like="img0001.png", k=10)) == 5
+    victim = lib.resolve("img0002.png")
+    with lib.catalog.transaction() as db:
+        lib.catalog.delete_paths(db, ["img0002.png"])
+    hits = lib.search(like="img0001.png", k=10)
+    assert len(hits) == 4 and victim not in [h.id for h in hits]
