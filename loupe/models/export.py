@@ -258,8 +258,8 @@ def make_reduced(folder: str | Path, precision: str, images: Iterable[Any] = (),
             probe = check.texts_for_check(texts)
             x = pad(load_tokenizer(folder, cfg)(probe), cfg["context_length"], cfg.get("pad_id", 0))
         stats = check.compare(normalised(ref_t.run(x)), normalised(cand_t.run(x)))
-        speed = check.interleaved_rates({"fp32": lambda t=ref_t: t.run(x),
-                                         precision: lambda t=cand_t: t.run(x)}, len(x))
+        speed = check.interleaved_rates({"fp32": lambda t=ref_t, x=x: t.run(x),
+                                         precision: lambda t=cand_t, x=x: t.run(x)}, len(x))
         stats["speed_items_s"] = {k: round(v, 2) for k, v in speed.items()}
         stats["speedup"] = round(speed[precision] / speed["fp32"], 3)
         report[tower] = stats

@@ -222,7 +222,15 @@ def write_clip_tokenizer_json(folder: Path, context_length: int) -> None:
     vocabulary open_clip ships: NFC, whitespace collapsed, lower case, CLIP's split pattern,
     byte-level symbols, </w> word ends, <|startoftext|> ... <|endoftext|>."""
     from open_clip.tokenizer import default_bpe
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
 
     from loupe.models.text import EOT, SOT, ClipTokenizer
 

@@ -7,9 +7,10 @@ this is a pure function of the picture and the identity's `preprocess` dict (ope
 preprocess_cfg: size, mean, std, interpolation, resize_mode).
 
 `shortest` (open_clip's default: shortest side to `size`, centre crop) gives the same numbers
-as torchvision's Resize + CenterCrop on a PIL image, but resamples only the source region that
-survives the crop: the work and memory are bounded by the output size, so a 1 x 200000 strip
-costs what a photo costs instead of a 224 x 44,800,000 intermediate.
+as torchvision's Resize + CenterCrop on a PIL image, at a cost bounded by the output size: when
+resizing the whole picture would make more than `FULL_RESIZE_MAX` times the output's pixels (a
+panorama past 4:1, a 1 x 200000 strip that would become 224 x 44,800,000), only the source
+region that survives the crop is resampled (`resize_crop`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from PIL import Image
 from loupe.core.errors import ModelError
 
 __all__ = ["prepare", "supports", "resize_crop"]
+
+# Up to this many times the output's pixels, the whole picture is resized and then cropped,
+# exactly as torchvision does (ordinary photos: 1.33x at 4:3); beyond it, the crop alone.
+FULL_RESIZE_MAX = 4.0
 
 _FILTERS = {
     "bicubic": Image.Resampling.BICUBIC,
@@ -83,14 +88,17 @@ def prepare(image: Image.Image, identity: Mapping[str, Any]) -> np.ndarray:
 
 
 def resize_crop(im: Image.Image, size: int,
-                resample: Image.Resampling = Image.Resampling.BICUBIC) -> Image.Image:
-    """Shortest side to `size`, then the centre `size` x `size` crop, computed on the crop only.
+                resample: Image.Resampling = Image.Resampling.BICUBIC,
+                full_resize_max: float = FULL_RESIZE_MAX) -> Image.Image:
+    """Shortest side to `size`, then the centre `size` x `size` crop, in work bounded by the
+    output: at most `full_resize_max` x size^2 resized pixels.
 
-    Sizes and offsets follow torchvision's Resize(int) and CenterCrop. Pillow resamples in two
-    passes (horizontal, then vertical); this runs the same two passes, each through `box`, on
-    just the source rows and columns the crop needs: the kernels' centres are those of the
-    full resize, so the result equals resize-then-crop up to float rounding of those centres
-    (at most a grey level or so on a few pixels)."""
+    Sizes and offsets follow torchvision's Resize(int) and CenterCrop. Within the bound this is
+    exactly resize-then-crop. Beyond it, the two resampling passes (horizontal, then vertical,
+    as upstream Pillow runs them) each go through `box` on just the source rows and columns the
+    crop needs, with the kernels' centres of the full resize: equal to resize-then-crop up to
+    the float rounding of those centres (a grey level or two on few pixels), or to the
+    rounding of the intermediate row where a Pillow build runs the passes the other way."""
     w, h = im.size
     if w <= h:
         new_w, new_h = size, int(size * h / w)
@@ -99,6 +107,8 @@ def resize_crop(im: Image.Image, size: int,
     left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
     if (new_w, new_h) == (w, h):
         return im.crop((left, top, left + size, top + size))
+    if new_w * new_h <= full_resize_max * size * size:
+        return im.resize((new_w, new_h), resample).crop((left, top, left + size, top + size))
     sx, sy = w / new_w, h / new_h
     x0, x1 = left * sx, (left + size) * sx
     y0, y1 = top * sy, (top + size) * sy
