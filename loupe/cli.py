@@ -1,14 +1,22 @@
-"""The `loupe` command line: index a folder, search it, look at what is in it."""
+"""The `loupe` command line: index a folder, search it, look at what is in it.
+
+Every input is checked before any model loads, a wrong value is one line naming it
+(exit code 2), Ctrl-C ends with "interrupted" (exit code 130), and results print as a
+table on a terminal or in a format that pipes (`--format`).
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -23,26 +31,46 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
-from loupe.core.config import LIBRARY_DIRNAME, IndexOptions
-from loupe.core.types import Filters
+from loupe.cli_output import FORMATS, printable, write_hits
+from loupe.core.config import (
+    ALLOWED_FORMATS,
+    CATALOG_FILENAME,
+    LIBRARY_DIRNAME,
+    SETTINGS,
+    IndexOptions,
+)
+from loupe.core.errors import DecodeError, LoupeError, QueryError
+from loupe.core.types import Filters, SearchRequest
 from loupe.library import Library, LibraryError, find_library
-from loupe.media.decode import DecodeError
-from loupe.models.openclip import ModelError
-from loupe.search.query import QueryError, looks_like_expr, parse_box
+from loupe.models.device import check_device_name
+from loupe.search.query import looks_like_expr, parse_box
 
-err = Console(stderr=True)
-USER_ERRORS = (LibraryError, QueryError, ModelError, DecodeError, FileNotFoundError)
+err = Console(stderr=True, soft_wrap=True)  # long lines (paths, errors) are never wrapped or cut
+USER_ERRORS = (LoupeError, FileNotFoundError)
 
 
 class _Group(TyperGroup):
-    """Every command's user errors become one red line and exit code 2, not a traceback."""
+    """Every command's user errors become one red line and exit code 2, not a traceback;
+    Ctrl-C becomes "interrupted" and exit code 130."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except USER_ERRORS as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False)
+            err.print(f"[bold red]error:[/] {escape(printable(str(exc)))}", highlight=False)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]: everything finished before this is saved; "
+                      "run the same command again to carry on.")
+            raise typer.Exit(130) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        from loupe import __version__
+
+        print(f"loupe {__version__}")
+        raise typer.Exit()
 
 
 app = typer.Typer(
@@ -52,20 +80,33 @@ app = typer.Typer(
     "Start with `loupe index FOLDER`, then `loupe search \"a dog on a beach\"` from inside it.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    rich_markup_mode="markdown",
+    rich_markup_mode=None,       # plain help: examples keep their lines, no type tags
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """Search your images by text, by example, or both.
+
+    Start with `loupe index FOLDER`, then `loupe search "a dog on a beach"` from inside it.
+    """
+
 
 # Options shared by several commands.
 LibraryOpt = Annotated[Path | None, typer.Option(
     "--library", "-L", help="Library folder. Default: FOLDER/.loupe, or the nearest .loupe above here.",
-    show_default=False)]
+    show_default=False, metavar="PATH")]
 ModelOpt = Annotated[str | None, typer.Option(
     "--model", "-m", help="open_clip ARCH:TAG, e.g. ViT-B-32:laion2b_s34b_b79k. "
-    "Default: the library's model (new libraries: ViT-B-32:laion2b_s34b_b79k).", show_default=False)]
+    "Default: the library's model (new libraries: ViT-B-32:laion2b_s34b_b79k, or $LOUPE_MODEL).",
+    show_default=False, metavar="ARCH:TAG")]
 WeightsOpt = Annotated[Path | None, typer.Option(
     "--weights", help="Local checkpoint file (or open_clip model folder) for --model's "
-    "architecture: runs fully offline.", show_default=False)]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")]
+    "architecture: runs fully offline.", show_default=False, metavar="FILE")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.",
+                                        metavar="DEVICE")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
 
 
@@ -83,6 +124,9 @@ def _progress(label: str, quiet: bool) -> Progress:
 
 def _open(library: Path | None, model: str | None, weights: Path | None, device: str,
           create: bool = False, root: Path | None = None) -> Library:
+    check_device_name(device)
+    if weights is not None and not weights.exists():
+        raise LibraryError(f"--weights {weights}: no such file or folder")
     if library is None:
         library = find_library()
         if library is None:
@@ -92,6 +136,16 @@ def _open(library: Path | None, model: str | None, weights: Path | None, device:
             )
     return Library.open(library, model=model, weights=weights, device=device, root=root,
                         create=create)
+
+
+def _index_with_progress(lib: Library, options: IndexOptions, quiet: bool) -> Any:
+    with _progress("indexing", quiet=quiet) as bar:
+        task = bar.add_task("index", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        return lib.index(options, progress=progress)
 
 
 @app.command()
@@ -105,17 +159,19 @@ def index(
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per model call.")] = 32,
     workers: Annotated[int, typer.Option(min=0, help="Decode threads (0 = one per core).")] = 0,
     include: Annotated[list[str] | None, typer.Option(
-        "--include", "-i", help="Only files matching this glob (repeatable), e.g. '*.png' or '2023/**'.")] = None,
+        "--include", "-i", help="Only files matching this glob (repeatable), e.g. '*.png' or '2023/**'.",
+        metavar="GLOB")] = None,
     exclude: Annotated[list[str] | None, typer.Option(
-        "--exclude", "-x", help="Skip files matching this glob (repeatable).")] = None,
+        "--exclude", "-x", help="Skip files matching this glob (repeatable).", metavar="GLOB")] = None,
     max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels (decompression bombs).")] = IndexOptions.max_pixels,
     max_file_mb: Annotated[float, typer.Option(help="Refuse files larger than this many MiB.")] = IndexOptions.max_file_bytes / 2**20,
     dba: Annotated[int | None, typer.Option(
         help="Database-side augmentation: blend each vector with its K nearest neighbours (0 turns it off).",
-        show_default=False)] = None,
+        show_default=False, metavar="K")] = None,
     index_spec: Annotated[str | None, typer.Option(
-        "--index", help="Search index kind, a FAISS-like spec: Exact, Flat, HNSW32, IVF1024,PQ64,Refine; "
-        "'auto' chooses by size (the default). Recorded in the library.", show_default=False)] = None,
+        "--index", help="Search index kind, a FAISS-like spec: Exact, Flat, HNSW32, IVF1024,PQ64x4fs,Refine; "
+        "'auto' chooses by size (the default). Recorded in the library.", show_default=False,
+        metavar="SPEC")] = None,
     local_features: Annotated[bool, typer.Option(
         "--local-features", help="Also extract local features now, for `--rerank spatial`.")] = False,
     json_out: JsonOpt = False,
@@ -123,29 +179,33 @@ def index(
     """Index FOLDER: embed new and changed images, keep moved ones, forget deleted ones.
 
     Safe to interrupt (Ctrl-C, or a crash) at any moment: run the same command
-    again and it carries on where it stopped.
+    again and it carries on where it stopped. The model loads only when some
+    image is new or changed.
+
+    \b
+    loupe index ~/Pictures
+    loupe index ~/Pictures --exclude 'screenshots/**'
+    loupe index ~/Pictures --model ViT-B-32 --weights ~/models/vit-b-32.safetensors
     """
-    lib = _open(library or folder / LIBRARY_DIRNAME, model, weights, device, create=True, root=folder)
-    if dba is not None:
-        lib.set_dba(dba or None)
+    lib_path = (library or folder / LIBRARY_DIRNAME).expanduser().absolute()
+    created = not (lib_path / CATALOG_FILENAME).exists()
+    lib = _open(lib_path, model, weights, device, create=True, root=folder)
     options = IndexOptions(
         include=tuple(include or ()), exclude=tuple(exclude or ()), batch_size=batch_size,
         workers=workers, max_pixels=max_pixels, max_file_bytes=int(max_file_mb * 2**20),
         index_spec=index_spec,
     )
-    with _progress("indexing", quiet=json_out) as bar:
-        task = bar.add_task("index", total=None)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        try:
-            report = lib.index(options, progress=progress)
-        except KeyboardInterrupt:
-            bar.stop()
-            err.print("[yellow]interrupted[/]: every finished batch is saved; "
-                      "run the same command again to finish.")
-            raise typer.Exit(130) from None
+    try:
+        if dba is not None:
+            lib.set_dba(dba or None)
+        report = _index_with_progress(lib, options, quiet=json_out)
+    except (LoupeError, OSError):
+        # A library that never got a model (the download failed, a bad checkpoint) is not
+        # left half-made: the next command starts clean.
+        if created and lib.catalog.active_space() is None:
+            lib.close()
+            shutil.rmtree(lib_path, ignore_errors=True)
+        raise
     features: dict[str, int] | None = None
     if local_features:
         from loupe.search.stages.spatial import precompute
@@ -153,66 +213,89 @@ def index(
         ids = lib.all_vectors()[0]
         with _progress("local features", quiet=json_out) as bar:
             task = bar.add_task("features", total=len(ids))
-            features = precompute(lib, ids, progress=lambda n: bar.advance(task, n))
+            features = precompute(lib.store, ids, progress=lambda n: bar.advance(task, n))
     if json_out:
         extra = {"local_features": features} if features is not None else {}
         print(json.dumps({"library": str(lib.path), **report.to_dict(), **extra}, indent=2))
         return
+    if report.scanned == 0:
+        err.print(f"no images found in {escape(printable(str(folder)))} (looked for "
+                  f"{'files matching ' + ', '.join(include) if include else 'the usual image endings'}"
+                  "; hidden folders are skipped)")
+        return
     parts = [f"{report.scanned} files", f"{report.added} added", f"{report.updated} updated",
              f"{report.moved} moved", f"{report.copies} copies", f"{report.removed} removed",
              f"{report.unchanged} unchanged", f"{report.errors} errors"]
-    rate = report.embedded / report.seconds if report.seconds else 0
-    err.print(f"[green]done[/] in {report.seconds:.1f}s ({rate:.1f} img/s embedded): " + ", ".join(parts))
+    rate = f" ({report.embedded / report.seconds:.1f} img/s embedded)" if report.embedded and report.seconds else ""
+    err.print(f"[green]done[/] in {report.seconds:.1f}s{rate}: " + ", ".join(parts))
     for path, why in report.error_list[:20]:
-        err.print(f"  [red]skipped[/] {path}: {why}", highlight=False)
+        err.print(f"  [red]skipped[/] {escape(printable(path))}: {escape(printable(why))}", highlight=False)
     if len(report.error_list) > 20:
         err.print(f"  ... and {len(report.error_list) - 20} more (`loupe stats --json` lists all)")
     if features is not None:
         err.print("local features: " + ", ".join(f"{v} {k}" for k, v in features.items()))
-    err.print(f"library: {lib.path}")
+    err.print(f"library: {escape(printable(str(lib.path)))}")
 
 
 @app.command()
 def search(
     query: Annotated[list[str] | None, typer.Argument(
         help="Text to search for. With --image, the edit to apply (\"in green\"). "
-        "Query arithmetic: '2:golden retriever' + pool.jpg - fruit", show_default=False)] = None,
+        "Query arithmetic: '2:golden retriever' + pool.jpg - fruit", show_default=False,
+        metavar="[QUERY]...")] = None,
     image: Annotated[Path | None, typer.Option("--image", "-I", help="Search by this image file.",
-                                               show_default=False)] = None,
+                                               show_default=False, metavar="FILE")] = None,
     like: Annotated[str | None, typer.Option(help="More like this indexed image (path or id).",
-                                             show_default=False)] = None,
+                                             show_default=False, metavar="PATH|ID")] = None,
     weight: Annotated[float, typer.Option(min=0, max=1, help="Image+text: weight of the image (1 = image only).")] = 0.5,
     box: Annotated[str | None, typer.Option(help="Search with a region of the query image: x0,y0,x1,y1 pixels.",
-                                            show_default=False)] = None,
-    top: Annotated[int, typer.Option("--top", "-k", min=1, help="How many results.")] = 20,
-    threshold: Annotated[float | None, typer.Option(help="Drop results scoring below this.", show_default=False)] = None,
-    folder: Annotated[str | None, typer.Option(help="Only images under this folder (relative to the root).",
-                                               show_default=False)] = None,
-    glob: Annotated[str | None, typer.Option(help="Only paths matching this glob, e.g. '*.png'.",
-                                             show_default=False)] = None,
+                                            show_default=False, metavar="X0,Y0,X1,Y1")] = None,
+    top: Annotated[int, typer.Option("--top", "-k", min=1, max=10_000, help="How many results.")] = 20,
+    threshold: Annotated[float | None, typer.Option(help="Drop results scoring below this.",
+                                                    show_default=False, metavar="SCORE")] = None,
+    folder: Annotated[str | None, typer.Option(
+        help="Only images under this folder (relative to here, or to the indexed folder).",
+        show_default=False, metavar="DIR")] = None,
+    everywhere: Annotated[bool, typer.Option(
+        "--everywhere", help="Search the whole library, not only the folder you are in.")] = False,
+    glob: Annotated[str | None, typer.Option(
+        help="Only paths matching this glob (.gitignore rules: '*.png' anywhere, 'paris/*.jpg' "
+        "directly in paris/, '2023/**' a whole subtree).", show_default=False, metavar="GLOB")] = None,
     since: Annotated[str | None, typer.Option(help="Taken on or after this date (YYYY-MM-DD; EXIF, else file time).",
-                                              show_default=False)] = None,
-    until: Annotated[str | None, typer.Option(help="Taken on or before this date.", show_default=False)] = None,
-    min_width: Annotated[int | None, typer.Option(help="Only images at least this wide.", show_default=False)] = None,
-    min_height: Annotated[int | None, typer.Option(help="Only images at least this tall.", show_default=False)] = None,
+                                              show_default=False, metavar="DATE")] = None,
+    until: Annotated[str | None, typer.Option(help="Taken on or before this date.", show_default=False,
+                                              metavar="DATE")] = None,
+    min_width: Annotated[int | None, typer.Option(min=1, max=2**31, help="Only images at least this wide.",
+                                                  show_default=False, metavar="PX")] = None,
+    min_height: Annotated[int | None, typer.Option(min=1, max=2**31, help="Only images at least this tall.",
+                                                   show_default=False, metavar="PX")] = None,
     file_type: Annotated[list[str] | None, typer.Option(
-        "--type", help="Only this format (repeatable): jpeg, png, webp, gif, bmp, tiff, heif.",
-        show_default=False)] = None,
+        "--type", help="Only this format (repeatable): jpeg, png, webp, gif, bmp, tiff, heif, avif.",
+        show_default=False, metavar="FORMAT")] = None,
     rerank: Annotated[str | None, typer.Option(
         help="Rerank the top results: superglobal, qe, spatial, or a chain 'superglobal,spatial'. "
-        "`loupe rerankers` lists them.", show_default=False)] = None,
+        "`loupe rerankers` lists them.", show_default=False, metavar="CHAIN")] = None,
     rerank_depth: Annotated[int | None, typer.Option(min=1, help="How many first-stage results to rerank "
-                                                     "(default: each reranker's own).", show_default=False)] = None,
+                                                     "(default: each reranker's own).", show_default=False,
+                                                     metavar="M")] = None,
     show_boxes: Annotated[Path | None, typer.Option(
         help="Write each result with its located box (from --rerank spatial) into this folder.",
-        show_default=False)] = None,
+        show_default=False, metavar="DIR")] = None,
+    update: Annotated[bool, typer.Option(
+        "--update", help="Bring the index up to date (new, changed, deleted files) before searching.")] = False,
+    output: Annotated[str, typer.Option(
+        "--format", "-f", help=f"Output: {', '.join(FORMATS)}. A table on a terminal; "
+        "nothing is ever cut when piped.", metavar="FORMAT")] = "table",
     library: LibraryOpt = None,
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
-    json_out: JsonOpt = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
 ) -> None:
     """Search the library by text, by image, by image + text, or by an indexed image.
+
+    Inside the indexed folder, only the folder you are in (and below) is searched,
+    unless --everywhere.
 
     \b
     loupe search "a dog on a beach"
@@ -220,36 +303,110 @@ def search(
     loupe search --image dress.jpg "in green" --weight 0.5
     loupe search --like holidays/IMG_0042.jpg --since 2023-01-01
     loupe search "2:golden retriever" + pool.jpg - fruit
+    loupe search "sunset" --format paths | xargs -d '\\n' open
     """
+    fmt = "json" if json_out else output.lower()
+    if fmt not in FORMATS:
+        raise QueryError(f"--format {output!r}: use one of {', '.join(FORMATS)}")
     words = [w for w in (query or []) if w.strip()]
+    box_value = parse_box(box) if box else None
+    if box_value is not None and image is None and like is None:
+        raise QueryError("--box selects a region of a query image: give --image FILE or --like PATH|ID")
+    if image is not None:
+        _check_image_file(image)
+    types = tuple(_format_name(t) for t in file_type or ())
+    chain = _check_rerank(rerank, show_boxes)
     lib = _open(library, model, weights, device)
-    filters = Filters(folder=folder, glob=glob, since=_date(since, "--since"), until=_date(until, "--until"),
-                      min_width=min_width, min_height=min_height,
-                      types=tuple(_format_name(t) for t in file_type or ()))
-    kwargs: dict[str, Any] = dict(k=top, filters=filters, threshold=threshold, rerank=rerank,
-                                  rerank_depth=rerank_depth, box=parse_box(box) if box else None)
+    if update:
+        _index_with_progress(lib, IndexOptions(), quiet=fmt != "table")
+    if lib.counts()["indexed"] == 0:
+        raise LibraryError(f"the library {lib.path} has no indexed images yet: "
+                           f"run `loupe index {lib.root}` (or check `loupe stats` for files that failed)")
+    filters = Filters(folder=_library_folder(lib, folder, everywhere), glob=glob,
+                      since=_date(since, "--since"), until=_date(until, "--until"),
+                      min_width=min_width, min_height=min_height, types=types)
+    if glob and not lib.count_matching(Filters(glob=glob)):
+        raise QueryError(f"--glob {glob!r} matches no indexed image")
+    like_ref = _check_like(lib, like) if like is not None else None
+    request = SearchRequest(k=top, filters=filters, threshold=threshold, rerank=chain,
+                            rerank_depth=rerank_depth, box=box_value)
     if words and looks_like_expr(words) and image is None and like is None:
-        hits = lib.search(expr=words, **kwargs)
+        request.expr = words
     else:
-        hits = lib.search(" ".join(words) or None, image=image, like=like, weight=weight, **kwargs)
+        request.text, request.image, request.like, request.weight = " ".join(words) or None, image, like_ref, weight
+    hits = lib.search(request=request)
     if show_boxes is not None:
         _draw_boxes(lib, hits, show_boxes)
-    if json_out:
-        print(json.dumps({"library": str(lib.path), "results": [h.to_dict() for h in hits]}, indent=2))
-        return
     if not hits:
-        err.print("no results" + (" above the threshold" if threshold is not None else ""))
-        return
-    table = Table(show_edge=False, pad_edge=False)
-    for col, just in (("#", "right"), ("score", "right"), ("path", "left"), ("size", "right"), ("date", "left")):
-        table.add_column(col, justify=just)  # type: ignore[arg-type]
-    for rank, h in enumerate(hits, 1):
-        size = f"{h.meta['width']}x{h.meta['height']}" if h.meta.get("width") else ""
-        # Paths are text, not Rich markup: a file may be called "[draft] cat.jpg".
-        path = Text(h.meta["rel_path"]) + (Text(" ▣ box", style="green") if h.box else Text(""))
-        table.add_row(str(rank), f"{h.score:.4f}", path,
-                      size, (h.meta.get("date") or "")[:10])
-    Console().print(table)
+        err.print("no results" + (" above the threshold" if threshold is not None else "")
+                  + ("" if filters.is_empty() else " with these filters"))
+    write_hits(hits, fmt, lib.path)
+
+
+def _check_image_file(path: Path) -> None:
+    """A query image must exist and be an image: said before any model loads."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        raise QueryError(f"--image {path}: no such file")
+    try:
+        with Image.open(path) as im:
+            im.size  # noqa: B018 - the header names the format and size
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DecodeError(f"--image {path}: not an image ({exc.__class__.__name__})") from None
+
+
+def _check_rerank(spec: str | None, show_boxes: Path | None) -> list[Any] | None:
+    """Parse the chain before anything loads; --show-boxes needs a stage that makes boxes."""
+    if not spec:
+        if show_boxes is not None:
+            raise QueryError("--show-boxes draws the boxes a spatial reranker finds: add --rerank spatial")
+        return None
+    from loupe.search import stages
+
+    try:
+        chain = stages.get(spec)
+    except ValueError as exc:
+        raise QueryError(str(exc)) from None
+    if show_boxes is not None and not any(getattr(s, "makes_boxes", False) for s in chain):
+        raise QueryError(f"--show-boxes needs a reranker that locates the match (spatial, spatial-orb); "
+                         f"--rerank {spec!r} makes no boxes")
+    return chain
+
+
+def _check_like(lib: Library, ref: str) -> int:
+    """--like names an indexed image: one that failed to index is said with its reason."""
+    image_id = lib.resolve(ref)
+    rec = lib.record(image_id)
+    if rec["status"] != "ok":
+        raise QueryError(f"--like {ref}: {printable(rec['path'])} could not be indexed: {rec['error']}")
+    return image_id
+
+
+def _library_folder(lib: Library, folder: str | None, everywhere: bool) -> str | None:
+    """The folder filter, relative to the library root: --folder as given (relative to here
+    when that exists, else to the indexed folder), or the folder the user stands in."""
+    if folder is None:
+        if everywhere:
+            return None
+        here = Path.cwd().resolve()
+        try:
+            rel = here.relative_to(lib.root).as_posix()
+        except ValueError:
+            return None
+        return None if rel == "." else rel
+    candidate = Path(folder).expanduser()
+    if candidate.is_dir():
+        try:
+            rel = candidate.resolve().relative_to(lib.root).as_posix()
+        except ValueError:
+            raise QueryError(f"--folder {folder}: outside the indexed folder {lib.root}") from None
+    else:
+        rel = folder.strip("/")
+    rel = "" if rel == "." else rel
+    if rel and not lib.count_matching(Filters(folder=rel)):
+        raise QueryError(f"--folder {folder}: no indexed image under it (the library indexes {lib.root})")
+    return rel or None
 
 
 @app.command()
@@ -261,7 +418,11 @@ def stats(library: LibraryOpt = None, json_out: JsonOpt = False) -> None:
         print(json.dumps(info, indent=2, default=str))
         return
     out = Console()
-    out.print(f"[bold]library[/] {info['library']}\n[bold]root[/]    {info['root']}")
+    out.print(f"[bold]library[/] {escape(printable(info['library']))}\n"
+              f"[bold]root[/]    {escape(printable(info['root']))}")
+    if not info["files"]:
+        out.print(f"the library is empty: run `loupe index {escape(printable(info['root']))}`")
+        return
     out.print(f"[bold]model[/]   {info['model']} ({info['model_identity'].get('dim', '?')}-d)")
     out.print(f"{info['files']} files: {info['indexed']} indexed, {info['errors']} errors; "
               f"{info['vectors']} distinct vectors; {info['library_bytes'] / 2**20:.1f} MiB on disk")
@@ -279,7 +440,8 @@ def stats(library: LibraryOpt = None, json_out: JsonOpt = False) -> None:
         out.print(f" {mark} space {space['id']}: {space['name']} ({space['identity'].get('dim', '?')}-d), "
                   f"{space['vectors']} vectors", highlight=False)
     for e in info["error_list"][:20]:
-        out.print(f"  [red]error[/] {e['path']}: {e['error']}", highlight=False)
+        out.print(f"  [red]error[/] {escape(printable(e['path']))}: {escape(printable(e['error']))}",
+                  highlight=False)
     if len(info["error_list"]) > 20:
         out.print(f"  ... and {len(info['error_list']) - 20} more (--json lists all)")
 
@@ -311,6 +473,25 @@ def rerankers(json_out: JsonOpt = False) -> None:
     )
 
 
+@app.command("settings")
+def settings(json_out: JsonOpt = False) -> None:
+    """Every setting with its default (LOUPE_<NAME> in the environment overrides it)."""
+    from loupe.core.config import default
+
+    rows = [{"name": s.name, "value": default(s.name), "default": s.default, "help": s.help}
+            for s in SETTINGS.values()]
+    if json_out:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("name", "value", "help"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], str(r["value"]) + (" (env)" if r["value"] != r["default"] else ""),
+                      r["help"])
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+
+
 def _date(value: str | None, flag: str) -> str | None:
     if value is None:
         return None
@@ -324,21 +505,28 @@ def _date(value: str | None, flag: str) -> str | None:
 
 
 def _format_name(name: str) -> str:
-    aliases = {"JPG": "JPEG", "TIF": "TIFF", "HEIC": "HEIF"}
+    aliases = {"JPG": "JPEG", "TIF": "TIFF", "HEIC": "HEIF", "PGM": "PPM", "PBM": "PPM", "PNM": "PPM"}
     upper = name.strip().lstrip(".").upper()
-    return aliases.get(upper, upper)
+    known = aliases.get(upper, upper)
+    if known not in ALLOWED_FORMATS:
+        names = sorted({f.lower() for f in ALLOWED_FORMATS} | {"jpg", "tif", "heic"})
+        raise QueryError(f"--type {name!r}: unknown format; use one of {', '.join(names)}")
+    return known
 
 
 def _draw_boxes(lib: Library, hits: list[Any], folder: Path) -> None:
     from loupe.media.draw import draw_boxes
 
     folder.mkdir(parents=True, exist_ok=True)
+    drawn = 0
     for rank, h in enumerate(hits, 1):
         if h.box is None:
             continue
         out = folder / f"{rank:03d}_{Path(h.meta['rel_path']).stem}.jpg"
         draw_boxes(lib.load_image(h.id), [h.box]).save(out, quality=90)
-    err.print(f"boxes drawn in {folder}")
+        drawn += 1
+    err.print(f"{drawn} of {len(hits)} results located and drawn in {escape(printable(str(folder)))}"
+              if drawn else "no result was located by the reranker: no boxes drawn")
 
 
 # Sub-commands that live with their feature.

@@ -23,7 +23,6 @@ from PIL import Image
 
 from loupe.core.config import (
     CATALOG_FILENAME,
-    DEFAULT_MODEL,
     LIBRARY_DIRNAME,
     SPACES_DIRNAME,
     IndexOptions,
@@ -34,6 +33,7 @@ from loupe.core.types import Candidates, Hit, Query, SearchRequest
 from loupe.ingest import IndexReport, Progress, plan, run_index
 from loupe.ingest.apply import commit_embedded
 from loupe.models import Encoder, ModelSpec, load_encoder
+from loupe.models.hub import ensure_downloadable
 from loupe.search import pipeline
 from loupe.search.query import QueryBuilder
 from loupe.storage.catalog import Catalog
@@ -104,7 +104,7 @@ class Library:
         space = catalog.space(catalog.active_space()) if catalog.active_space() else None
         identity = space["identity"] if space else None
         if identity is None:
-            name = model or DEFAULT_MODEL
+            name = model or default("model")
             if weights is not None and model is None:
                 raise LibraryError("--weights needs --model naming its architecture")
         else:
@@ -130,6 +130,9 @@ class Library:
         """The active space's model, loaded on first use (and checked against the space)."""
         with self._lock:
             if self._encoder is None:
+                spec = ModelSpec.parse(self.model, self.weights)
+                if spec.weights is None:
+                    ensure_downloadable(spec.arch, spec.tag)
                 enc = load_encoder(self.model, self.weights, self.device)
                 recorded = self.identity
                 if recorded is None:
@@ -264,6 +267,10 @@ class Library:
     def counts(self) -> dict[str, int]:
         """Files, indexed, errors, and distinct vectors of the active space."""
         return self.catalog.counts(self.catalog.active_space())
+
+    def count_matching(self, filters: Any) -> int:
+        """How many searchable rows pass `filters` (cheap: SQL only, no model)."""
+        return len(self.catalog.filter_ids(filters))
 
     def id_of_path(self, rel: str) -> int | None:
         """The id of a library-relative path, or None."""

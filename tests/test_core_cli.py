@@ -41,7 +41,9 @@ def test_search_modes_json(photos):
 
 def test_table_output_and_stats(photos):
     r = cli("search", "--image", "img0005.png", "-k", "3", cwd=photos)
-    assert r.exit_code == 0 and "img0005.png" in r.stdout.splitlines()[2]
+    header, first = r.stdout.splitlines()[:2]
+    assert r.exit_code == 0 and header.split() == ["#", "id", "score", "path", "size", "date"]
+    assert first.split()[3] == "img0005.png" and first.split()[0] == "1"
     r = cli("stats", "--json", cwd=photos)
     info = json.loads(r.stdout)
     assert (info["files"], info["indexed"], info["errors"]) == (13, 12, 1)
@@ -53,7 +55,7 @@ def test_table_output_and_stats(photos):
 def test_errors_are_clear_and_change_nothing(photos, tmp_path):
     before = json.loads(cli("stats", "--json", cwd=photos).stdout)
     cases = [
-        (["search", "--image", "missing.jpg"], "no such image file"),
+        (["search", "--image", "missing.jpg"], "--image missing.jpg: no such file"),
         (["search"], "empty query"),
         (["search", "x", "--since", "yesterday"], "--since wants a date"),
         (["search", "--image", "img0001.png", "--box", "1,2,3"], "--box wants"),

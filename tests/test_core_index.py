@@ -87,7 +87,7 @@ def test_incremental_add_change_rename_delete(tmp_path):
     assert report.updated == 1
     assert report.moved == 2
     assert report.copies == 1
-    assert report.removed == 3                           # two old paths of moved files + 1 deleted
+    assert report.removed == 1                           # the deleted file; moved ones are not removed
     assert report.embedded == 4                          # only new content is embedded
     assert report.unchanged == 6                         # files 4..9
     counts = consistency(lib)
@@ -182,47 +182,65 @@ def test_hidden_folders_and_globs(tmp_path):
     assert report.added == 2 and report.removed == 2  # a library mirrors what the last scan saw
 
 
+# Runs `loupe ...` with the third batch commit followed by a long pause, announced by a
+# marker file: the test kills the process at that moment, mid-run by construction.
+_PAUSING_CLI = """
+import pathlib, sys, time
+import loupe.ingest.run as run
+marker, args = sys.argv[1], sys.argv[2:]
+commit, done = run.commit, []
+def pausing_commit(*a, **k):
+    commit(*a, **k)
+    done.append(1)
+    if len(done) == 3:
+        pathlib.Path(marker).touch()
+        time.sleep(600)
+run.commit = pausing_commit
+sys.argv = ["loupe", *args]
+from loupe.cli import main
+main()
+"""
+
+
 def _count_ok(db_path: Path) -> int:
-    try:
-        with sqlite3.connect(db_path, timeout=5) as db:
-            return db.execute("SELECT COUNT(*) FROM images WHERE status='ok'").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
+    with sqlite3.connect(db_path, timeout=5) as db:
+        return db.execute("SELECT COUNT(*) FROM images WHERE status='ok'").fetchone()[0]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_interrupted_run_resumes(tmp_path, sig):
     root = tmp_path / "photos"
-    n = 400
+    n = 60
     for i in range(n):
         make_image(root / f"d{i % 7}" / f"p{i:04d}.jpg", seed=i, size=(640, 480), fmt="JPEG")
     db_path = root / ".loupe" / "catalog.db"
-    cmd = [sys.executable, "-m", "loupe.cli", "index", str(root), "--model", TINY, "--device", "cpu",
-           "--batch-size", "4", "--workers", "1"]
+    args = ["index", str(root), "--model", TINY, "--device", "cpu", "--batch-size", "4", "--workers", "1"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while _count_ok(db_path) < 8 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
+    marker = tmp_path / "three-batches-committed"
+    proc = subprocess.Popen([sys.executable, "-c", _PAUSING_CLI, str(marker), *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), proc.communicate()[1].decode()
     proc.send_signal(sig)
     out, errtext = proc.communicate(timeout=60)
     done_at_kill = _count_ok(db_path)
-    assert 0 < done_at_kill < n, f"the run must be cut mid-way (had {done_at_kill} of {n})"
+    assert done_at_kill == 12, "three batches of four were committed before the signal"
     if sig == signal.SIGINT:
         assert proc.returncode == 130
         assert b"run the same command again" in errtext
 
-    resumed = subprocess.run(cmd + ["--json"], env=env, capture_output=True, timeout=300)
+    resumed = subprocess.run([sys.executable, "-m", "loupe.cli", *args, "--json"], env=env,
+                             capture_output=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr.decode()
     lib = Library.open(root / ".loupe", device="cpu")
     counts = consistency(lib)
     assert counts["ok"] == counts["rows"] == n
     # Nothing committed before the kill was embedded again.
-    import json
-
     report = json.loads(resumed.stdout)
     assert report["embedded"] == n - report["unchanged"]
-    assert report["unchanged"] >= done_at_kill
+    assert report["unchanged"] == done_at_kill
     probe = root / "d3" / "p0003.jpg"
     assert lib.search(image=probe, k=1)[0].path == probe
     assert np.isfinite(lib.all_vectors()[1]).all()

@@ -1,12 +1,14 @@
 """Every setting Loupe has, in one table (name, default, help), and the library folder's layout.
 
 Values here are defaults, not state: callers pass overrides explicitly, and what a
-library chose (its model, its index kind) is recorded in its catalog.
+library chose (its model, its index kind) is recorded in its catalog. The environment
+overrides a default as `LOUPE_<NAME>` (e.g. `LOUPE_MODEL=loupe-tiny:random`).
 `loupe settings` prints this table.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,12 +39,21 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
 
 
 def default(name: str) -> Any:
-    return SETTINGS[name].default
+    """A setting's value: `LOUPE_<NAME>` from the environment when set, else its default."""
+    setting = SETTINGS[name]
+    raw = os.environ.get(f"LOUPE_{name.upper()}")
+    if raw is None:
+        return setting.default
+    try:
+        return type(setting.default)(raw)
+    except ValueError:
+        raise ValueError(f"LOUPE_{name.upper()}={raw!r} is not a valid "
+                         f"{type(setting.default).__name__}") from None
 
 
-DEFAULT_MODEL: str = default("model")
-MAX_PIXELS: int = default("max_pixels")
-MAX_FILE_BYTES: int = default("max_file_bytes")
+DEFAULT_MODEL: str = SETTINGS["model"].default
+MAX_PIXELS: int = SETTINGS["max_pixels"].default
+MAX_FILE_BYTES: int = SETTINGS["max_file_bytes"].default
 
 # --- the library folder ---------------------------------------------------------------------
 LIBRARY_DIRNAME = ".loupe"        # FOLDER/.loupe unless --library says otherwise

@@ -1,12 +1,23 @@
-"""Globs on library-relative POSIX paths."""
+"""Globs on library-relative POSIX paths, with .gitignore's rules (through `pathspec`).
+
+A glob without a slash matches a file name in any folder (`*.png`); one with a slash
+is anchored at the library root (`paris/*.jpg` takes `paris/a.jpg`, not
+`paris/old/a.jpg`: `*` never crosses a `/`); `**` crosses folders (`2023/**`).
+Matching ignores case, as photo file names come from cameras and phones in either.
+"""
 
 from __future__ import annotations
 
-import fnmatch
+from functools import lru_cache
+
+import pathspec
+
+
+@lru_cache(maxsize=256)
+def _spec(glob: str) -> pathspec.PathSpec:
+    return pathspec.PathSpec.from_lines("gitwildmatch", [glob.lower()])
 
 
 def glob_match(rel: str, glob: str) -> bool:
-    """Case-insensitive glob on a relative path; a glob without a slash matches the
-    file name in any folder, as .gitignore does."""
-    target = rel if "/" in glob else rel.rsplit("/", 1)[-1]
-    return fnmatch.fnmatch(target.lower(), glob.lower())
+    """True when the relative path `rel` matches `glob` (see the module docstring)."""
+    return _spec(glob).match_file(rel.lower())

@@ -49,8 +49,7 @@ DepthOpt = Annotated[int | None, typer.Option("--rerank-depth", min=1, help="Hea
 ReportOpt = Annotated[Path | None, typer.Option("--report", help="Write an HTML report (plots, per-query "
                                                 "thumbnails) into this folder.", show_default=False)]
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="JSON results file. Default: "
-                                             "DIR/results.json with --report, else "
-                                             "./loupe-eval-<dataset>-<time>.json.", show_default=False)]
+                                             "DIR/results.json with --report, else no file (--json prints it).", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the JSON results to stdout instead of a table.")]
 CacheOpt = Annotated[Path | None, typer.Option("--cache-dir", help="Embedding cache. Default: "
                                                "$LOUPE_EVAL_CACHE or ~/.cache/loupe/eval.", show_default=False)]
@@ -75,7 +74,7 @@ def _options(model: str, weights: Path | None, device: str, batch_size: int, rer
 def _run(name: str, compute: Callable[[], EvalResult], report: Path | None, out: Path | None,
          as_json: bool, report_queries: int = 100) -> None:
     """Run one evaluation and deliver its three outputs; user errors become one red line."""
-    from loupe.models.openclip import ModelError
+    from loupe.core.errors import ModelError
 
     started = time.time()
     try:
@@ -84,19 +83,21 @@ def _run(name: str, compute: Callable[[], EvalResult], report: Path | None, out:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     result.config["runtime_s"] = round(time.time() - started, 3)
-    if out is None:
-        out = report / "results.json" if report else Path(f"loupe-eval-{name}-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    if out is None and report is not None:
+        out = report / "results.json"
     if report is not None:
         from loupe.eval.report import write_report
 
         index = write_report(result, report, max_queries=report_queries)
         err.print(f"report: {index}")
-    result.write_json(out)
+    if out is not None:
+        result.write_json(out)
     if as_json:
         sys.stdout.write(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
         return
     _table(result)
-    err.print(f"results: {out}")
+    if out is not None:
+        err.print(f"results: {out}")
 
 
 def _table(result: EvalResult) -> None:

@@ -286,7 +286,7 @@ def environment() -> dict[str, Any]:
     import importlib.metadata as md
 
     versions = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for dist in ("loupe", "torch", "open_clip_torch", "numpy", "faiss-cpu", "pillow", "opencv-python-headless"):
+    for dist in ("loupe-search", "torch", "open_clip_torch", "numpy", "faiss-cpu", "pillow", "opencv-python-headless"):
         try:
             versions[dist] = md.version(dist)
         except md.PackageNotFoundError:

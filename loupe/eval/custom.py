@@ -87,6 +87,10 @@ def load(csv_path: Path | str, library_root: Path | None = None) -> CustomData:
                 continue
             if lineno == 1 and [c.strip().lower() for c in row] == ["query", "relevant"]:
                 continue
+            if len(row) == 1 and (";" in row[0] or "\t" in row[0]):
+                sep = "';'" if ";" in row[0] else "a tab"
+                raise DatasetError(f"{path}:{lineno}: fields separated by {sep}: the queries file is a CSV "
+                                   "with commas ('query,relevant'); quote a query that contains commas")
             if len(row) > 2:
                 raise DatasetError(f"{path}:{lineno}: expected 'query,relevant', got {len(row)} fields "
                                    "(quote a query that contains commas)")

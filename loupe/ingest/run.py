@@ -101,6 +101,8 @@ def run_index(catalog: Catalog, plan: Plan, root: Path, options: IndexOptions, *
             pool.shutdown(wait=False, cancel_futures=True)
             raise
 
+    # A path that left and whose content came back elsewhere was moved, not removed.
+    report.removed = len(plan.gone) - report.moved
     # Orphan vectors are referenced by no searchable row: dropping them changes no result.
     with catalog.transaction(bump=False) as db:
         Catalog.drop_orphan_vectors(db)

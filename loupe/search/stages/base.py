@@ -21,11 +21,12 @@ class Reranker(ABC):
     name: ClassVar[str]
     # What a stage needs and does, declared so the pipeline and the faces can plan:
     # it reads the query's pixels (kept at full size then), it searches the store again,
-    # it may drop results from its head, it may group them (duplicates).
+    # it may drop results from its head, it may group them (duplicates), it locates matches.
     needs_pixels: ClassVar[bool] = False
     searches_again: ClassVar[bool] = False
     may_drop: ClassVar[bool] = False
     may_group: ClassVar[bool] = False
+    makes_boxes: ClassVar[bool] = False       # it locates the match in the image (Candidates.boxes)
     depth: int
 
     @abstractmethod

@@ -59,6 +59,7 @@ class Spatial(Reranker):
 
     name: ClassVar[str] = "spatial"
     needs_pixels: ClassVar[bool] = True
+    makes_boxes: ClassVar[bool] = True
     depth: int = 100
     detector: str = "sift"
     max_keypoints: int = 1000     # as DELG; matching cost grows with its square
