@@ -33,34 +33,34 @@ def register(app: typer.Typer) -> None:
 
 # Options shared by the commands.
 DataOpt = Annotated[Path, typer.Option("--data", "-d", help="Dataset folder, in the official layout "
-                                       "(see the README's evaluation section).", show_default=False)]
+                                       "(see the README's evaluation section).", show_default=False, metavar="PATH")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="open_clip ARCH:TAG, e.g. "
-                                       "ViT-B-32:laion2b_s34b_b79k, or ARCH with --weights.")]
+                                       "ViT-B-32:laion2b_s34b_b79k, or ARCH with --weights.", metavar="TEXT")]
 WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="Local checkpoint for --model's "
-                                                 "architecture.", show_default=False)]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per model batch.")]
+                                                 "architecture.", show_default=False, metavar="PATH")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.", metavar="TEXT")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per model batch.", metavar="N")]
 RerankOpt = Annotated[str | None, typer.Option("--rerank", help="Reranker chain, e.g. "
                                                "'superglobal' or 'qe:alpha=3,spatial' (see `loupe rerankers`).",
-                                               show_default=False)]
+                                               show_default=False, metavar="TEXT")]
 DepthOpt = Annotated[int | None, typer.Option("--rerank-depth", min=1, help="Head length M handed to "
                                               "each reranker. Default: each reranker's own.",
-                                              show_default=False)]
+                                              show_default=False, metavar="N")]
 ReportOpt = Annotated[Path | None, typer.Option("--report", help="Write an HTML report (plots, per-query "
-                                                "thumbnails) into this folder.", show_default=False)]
+                                                "thumbnails) into this folder.", show_default=False, metavar="PATH")]
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="JSON results file. Default: "
-                                             "DIR/results.json with --report, else no file (--json prints it).", show_default=False)]
+                                             "DIR/results.json with --report, else no file (--json prints it).", show_default=False, metavar="PATH")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the JSON results to stdout instead of a table.")]
 CacheOpt = Annotated[Path | None, typer.Option("--cache-dir", help="Embedding cache. Default: "
-                                               "$LOUPE_EVAL_CACHE or ~/.cache/loupe/eval.", show_default=False)]
+                                               "$LOUPE_EVAL_CACHE or ~/.cache/loupe/eval.", show_default=False, metavar="PATH")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write cached embeddings.")]
 FeaturesOpt = Annotated[Path | None, typer.Option(
     "--features", help="Score precomputed vectors instead of a model: the official example .mat (Q: d x "
     "queries, X: d x images) or a .npz with Q and X as rows. Images are then only read for --rerank and "
-    "the report.", show_default=False)]
+    "the report.", show_default=False, metavar="PATH")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 ReportQueriesOpt = Annotated[int, typer.Option("--report-queries", min=0,
-                                               help="Queries shown with thumbnails in the report.")]
+                                               help="Queries shown with thumbnails in the report.", metavar="N")]
 
 
 def _options(model: str, weights: Path | None, device: str, batch_size: int, rerank: str | None,
@@ -118,7 +118,7 @@ def _table(result: EvalResult) -> None:
 @eval_app.command("roxford5k")
 def roxford5k(data: DataOpt, distractors: Annotated[Path | None, typer.Option(
         "--distractors", help="revisitop1m folder (revisitop1m.txt + jpg/): evaluate +R1M.",
-        show_default=False)] = None, features: FeaturesOpt = None,
+        show_default=False, metavar="PATH")] = None, features: FeaturesOpt = None,
         model: ModelOpt = DEFAULT_MODEL, weights: WeightsOpt = None, device: DeviceOpt = "auto",
         batch_size: BatchOpt = 64, rerank: RerankOpt = None, rerank_depth: DepthOpt = None,
         report: ReportOpt = None, out: OutOpt = None, as_json: JsonOpt = False, cache_dir: CacheOpt = None,
@@ -130,7 +130,7 @@ def roxford5k(data: DataOpt, distractors: Annotated[Path | None, typer.Option(
 @eval_app.command("rparis6k")
 def rparis6k(data: DataOpt, distractors: Annotated[Path | None, typer.Option(
         "--distractors", help="revisitop1m folder (revisitop1m.txt + jpg/): evaluate +R1M.",
-        show_default=False)] = None, features: FeaturesOpt = None,
+        show_default=False, metavar="PATH")] = None, features: FeaturesOpt = None,
         model: ModelOpt = DEFAULT_MODEL, weights: WeightsOpt = None, device: DeviceOpt = "auto",
         batch_size: BatchOpt = 64, rerank: RerankOpt = None, rerank_depth: DepthOpt = None,
         report: ReportOpt = None, out: OutOpt = None, as_json: JsonOpt = False, cache_dir: CacheOpt = None,
@@ -196,7 +196,7 @@ def coco(data: DataOpt, model: ModelOpt = DEFAULT_MODEL, weights: WeightsOpt = N
 
 WeightOpt = Annotated[float, typer.Option("--weight", "-w", min=0.0, max=1.0,
                                           help="Fusion weight on the reference image: "
-                                          "q = normalise(w*img + (1-w)*text).")]
+                                          "q = normalise(w*img + (1-w)*text).", metavar="X")]
 ExcludeOpt = Annotated[bool | None, typer.Option("--exclude-reference/--keep-reference",
                                                  help="Drop the reference image from the ranking. "
                                                  "Default: the protocol's rule (CIRR drops it).",
@@ -246,7 +246,7 @@ def circo(data: DataOpt, weight: WeightOpt = 0.5, exclude_reference: ExcludeOpt 
 def fashioniq(data: DataOpt, weight: WeightOpt = 0.5, exclude_reference: ExcludeOpt = None,
               categories: Annotated[list[str] | None, typer.Option(
                   "--category", help="dress, shirt or toptee (repeatable). Default: all three.",
-                  show_default=False)] = None,
+                  show_default=False, metavar="TEXT")] = None,
               model: ModelOpt = DEFAULT_MODEL, weights: WeightsOpt = None, device: DeviceOpt = "auto",
               batch_size: BatchOpt = 64, rerank: RerankOpt = None, rerank_depth: DepthOpt = None,
               report: ReportOpt = None, out: OutOpt = None, as_json: JsonOpt = False, cache_dir: CacheOpt = None,
@@ -259,12 +259,12 @@ def fashioniq(data: DataOpt, weight: WeightOpt = 0.5, exclude_reference: Exclude
 @eval_app.command("inquire")
 def inquire(data: DataOpt,
             task: Annotated[str, typer.Option("--task", help="fullrank (whole gallery, top 50) or rerank "
-                                              "(the fixed 100 per query).")] = "fullrank",
-            split: Annotated[str, typer.Option("--split", help="val or test.")] = "test",
+                                              "(the fixed 100 per query).", metavar="TEXT")] = "fullrank",
+            split: Annotated[str, typer.Option("--split", help="val or test.", metavar="TEXT")] = "test",
             gallery: Annotated[Path | None, typer.Option("--gallery", help="iNat24 images folder for "
                                                          "fullrank. Default: DATA/train.",
-                                                         show_default=False)] = None,
-            k: Annotated[int, typer.Option("--k", min=1, help="Cut-off of the fullrank task.")] = 50,
+                                                         show_default=False, metavar="PATH")] = None,
+            k: Annotated[int, typer.Option("--k", min=1, help="Cut-off of the fullrank task.", metavar="N")] = 50,
             model: ModelOpt = DEFAULT_MODEL, weights: WeightsOpt = None, device: DeviceOpt = "auto",
             batch_size: BatchOpt = 64, rerank: RerankOpt = None, rerank_depth: DepthOpt = None,
             report: ReportOpt = None, out: OutOpt = None, as_json: JsonOpt = False, cache_dir: CacheOpt = None,
@@ -290,10 +290,10 @@ def inquire(data: DataOpt,
 def disc21(data: DataOpt,
            gt: Annotated[Path | None, typer.Option("--gt", help="Ground-truth CSV. Default: "
                                                    "DATA/list_files/public_ground_truth.csv.",
-                                                   show_default=False)] = None,
-           k: Annotated[int, typer.Option("--k", min=1, help="References predicted per query.")] = 10,
+                                                   show_default=False, metavar="PATH")] = None,
+           k: Annotated[int, typer.Option("--k", min=1, help="References predicted per query.", metavar="N")] = 10,
            max_results: Annotated[int, typer.Option("--max-results", min=1, help="Most predictions kept "
-                                                    "overall (the highest scores).")] = 500_000,
+                                                    "overall (the highest scores).", metavar="N")] = 500_000,
            model: ModelOpt = DEFAULT_MODEL, weights: WeightsOpt = None, device: DeviceOpt = "auto",
            batch_size: BatchOpt = 64, rerank: RerankOpt = None, rerank_depth: DepthOpt = None,
            report: ReportOpt = None, out: OutOpt = None, as_json: JsonOpt = False, cache_dir: CacheOpt = None,
@@ -310,13 +310,13 @@ def disc21(data: DataOpt,
 @eval_app.command("custom")
 def custom(queries: Annotated[Path, typer.Option("--queries", help="CSV of query,relevant rows: query is "
                                                  "text or an image path, relevant a path in the library.",
-                                                 show_default=False)],
+                                                 show_default=False, metavar="PATH")],
            library: Annotated[Path | None, typer.Option("--library", "-L", help="Library folder. Default: "
                                                         "the nearest .loupe above here.",
-                                                        show_default=False)] = None,
+                                                        show_default=False, metavar="PATH")] = None,
            model: Annotated[str | None, typer.Option("--model", "-m", help="Must match the library's "
                                                      "model. Default: the library's.",
-                                                     show_default=False)] = None,
+                                                     show_default=False, metavar="TEXT")] = None,
            weights: WeightsOpt = None, device: DeviceOpt = "auto", rerank: RerankOpt = None,
            rerank_depth: DepthOpt = None, report: ReportOpt = None, out: OutOpt = None,
            as_json: JsonOpt = False, quiet: QuietOpt = False, report_queries: ReportQueriesOpt = 100) -> None:

@@ -101,6 +101,8 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
         x0, y0, x1, y1 = (float(v) for v in text.split(","))
     except ValueError:
         raise QueryError(f"--box wants x0,y0,x1,y1 in pixels, got {text!r}") from None
+    if not all(np.isfinite(v) for v in (x0, y0, x1, y1)):
+        raise QueryError(f"--box {text!r}: every coordinate must be a finite number of pixels")
     if x1 <= x0 or y1 <= y0 or min(x0, y0) < 0:
         raise QueryError(f"--box {text!r} is empty or negative: need 0 <= x0 < x1 and 0 <= y0 < y1")
     return x0, y0, x1, y1

@@ -24,24 +24,24 @@ def serve(
         help="Library folder (e.g. ~/Pictures/.loupe) or the folder holding it. "
         "Default: the nearest .loupe at or above here.", show_default=False)] = None,
     host: Annotated[str, typer.Option(help="Address to listen on. 0.0.0.0 makes it reachable "
-                                      "from other machines.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
+                                      "from other machines.", metavar="TEXT")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.", metavar="N")] = 8000,
     token: Annotated[str | None, typer.Option(
         envvar="LOUPE_TOKEN", help="Admin token for the endpoints that change the library. "
         "Default: the one stored in the library folder (made on first run).",
-        show_default=False)] = None,
-    max_upload_mb: Annotated[float, typer.Option(min=0.01, help="Largest query image accepted, MiB.")] = 20.0,
-    max_upload_mp: Annotated[float, typer.Option(min=0.01, help="Largest query image accepted, megapixels.")] = 50.0,
+        show_default=False, metavar="TEXT")] = None,
+    max_upload_mb: Annotated[float, typer.Option(min=0.01, help="Largest query image accepted, MiB.", metavar="X")] = 20.0,
+    max_upload_mp: Annotated[float, typer.Option(min=0.01, help="Largest query image accepted, megapixels.", metavar="X")] = 50.0,
     allowed_host: Annotated[list[str] | None, typer.Option(
         help="Host name clients may use (repeatable). Default: loopback names when --host is "
-        "loopback, else any.", show_default=False)] = None,
+        "loopback, else any.", show_default=False, metavar="TEXT")] = None,
     reindex: Annotated[bool, typer.Option("--reindex", help="Start an incremental re-index "
                                           "in the background right away.")] = False,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.", metavar="TEXT")] = "auto",
     threads: Annotated[int, typer.Option(
         min=1, help="CPU threads per model call (torch intra-op), the background re-index's "
         "included. Concurrent requests already use the cores; more threads per call make them "
-        "fight over the cores (and slow everything down on a busy machine).")] = 1,
+        "fight over the cores (and slow everything down on a busy machine).", metavar="N")] = 1,
 ) -> None:
     """Serve the library: a search page in the browser and a JSON API (docs at /api/docs).
 
