@@ -10,8 +10,10 @@ the saved search index of each space, and caches. One space is active for search
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -83,7 +85,7 @@ class Library:
             if path.exists() and any(path.iterdir()):
                 raise LibraryError(f"{path} exists and is not a Loupe library (no {CATALOG_FILENAME})")
             path.mkdir(parents=True, exist_ok=True)
-        catalog = Catalog(db_file)
+        catalog = Catalog(db_file, read_only=not _writable(path, db_file))
         recorded_root = catalog.get_meta("root")
         wanted_root = Path(root).expanduser().absolute() if root is not None else None
         if recorded_root is not None:
@@ -159,7 +161,7 @@ class Library:
         keep vectors of moved ones, drop deleted ones. Loads the model only when some
         content is new. One writer per library: a second one gets a clear error."""
         options = options or IndexOptions()
-        with self.writing():
+        with self.writing(), _disk_errors(self.path):
             if options.index_spec is not None:
                 self.set_index_spec(options.index_spec)
             todo = plan(self.catalog, self.root, options)
@@ -196,6 +198,8 @@ class Library:
     @contextmanager
     def writing(self) -> Iterator[None]:
         """Hold the library's write lock (an OS lock: released when the process dies)."""
+        if self.catalog.read_only:
+            raise LibraryError(f"the library at {self.path} is read-only: it can be searched, not changed")
         fd = os.open(self.path / WRITE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
@@ -389,6 +393,30 @@ class Library:
             "last_index": self.catalog.get_meta("last_index"),
             "error_list": self.catalog.errors(),
         }
+
+
+@contextmanager
+def _disk_errors(where: Path) -> Iterator[None]:
+    """A full disk ends in one clear line (what was committed before it stays)."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if "full" not in str(exc):
+            raise
+        raise LibraryError(f"the disk holding {where} is full ({exc}); every batch committed "
+                           "before is kept: free some space and run the same command again") from None
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        raise LibraryError(f"the disk holding {where} is full; every batch committed before is "
+                           "kept: free some space and run the same command again") from None
+
+
+def _writable(folder: Path, db_file: Path) -> bool:
+    """Can this process write the library (the catalog and its WAL beside it)?"""
+    if not os.access(folder, os.W_OK):
+        return False
+    return not db_file.exists() or os.access(db_file, os.W_OK)
 
 
 def _batched(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:

@@ -87,3 +87,4 @@ class IndexOptions:
     max_file_bytes: int = MAX_FILE_BYTES
     skip_hidden: bool = True
     index_spec: str | None = None           # force the search index kind (FAISS-like spec string)
+    prune: bool = False                     # forget files even when most of the library is gone

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,13 +115,22 @@ class Hit:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: a file name that is not valid UTF-8 shows its odd bytes as \\xNN."""
         return {
             "id": self.id,
-            "path": str(self.path),
+            "path": _text(str(self.path)),
             "score": round(float(self.score), 6),
             "box": list(self.box) if self.box else None,
-            **self.meta,
+            **{k: _text(v) if isinstance(v, str) else v for k, v in self.meta.items()},
         }
+
+
+def _text(s: str) -> str:
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        return os.fsencode(s).decode("utf-8", "backslashreplace")
 
 
 class Store(Protocol):

@@ -27,6 +27,8 @@ class IndexReport:
     embedded: int = 0       # model forward passes, images
     seconds: float = 0.0
     model_loaded: bool = False
+    unreadable: list[str] = field(default_factory=list)      # folders the scan could not read
+    outside_links: int = 0                                    # symlinks leaving the root: skipped
     error_list: list[tuple[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -47,14 +49,21 @@ class RunState:
 
 
 def commit(catalog: Catalog, batch: Sequence[Item], state: RunState, report: IndexReport) -> None:
-    """Write one batch (vectors and rows together) and count it."""
+    """Write one batch (vectors and rows together) and count it. What the batch relies on
+    is checked inside the transaction: a reused vector must still be there (another
+    writer could have dropped it); if not, the row is left to be embedded next run."""
     with catalog.transaction() as db:
         for it in batch:
             if it.vector is not None:
                 Catalog.put_vector(db, state.space, it.sha, it.vector)
         for it in batch:
             e = it.entry
-            Catalog.put_image(db, e.rel, e.size, e.mtime, sha=it.sha, meta=it.meta, error=it.error)
+            size = e.size
+            if it.reused and not db.execute("SELECT 1 FROM vectors WHERE space = ? AND sha256 = ?",
+                                            (state.space, it.sha)).fetchone():
+                it.error, it.reused, size = "its vector vanished during the run; indexed again next run", False, -1
+                state.known.discard(it.sha)
+            Catalog.put_image(db, e.rel, size, e.mtime, sha=it.sha, meta=it.meta, error=it.error)
     seen: set[str] = set()
     for it in batch:
         # Identical files new in the same run were embedded side by side: one is a copy.

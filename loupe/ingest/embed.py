@@ -52,6 +52,10 @@ def read(entry: FileEntry, root: Path, *, known: set[str], max_file_bytes: int, 
         pixels = prepare(decoded.image)
     except DecodeError as exc:
         return Item(entry, sha=sha, error=str(exc))
+    except (MemoryError, RecursionError) as exc:   # a hostile file, not the run's end
+        return Item(entry, sha=sha, error=f"could not be decoded: {type(exc).__name__}")
+    except Exception as exc:  # noqa: BLE001 - any decoder's own failure is this file's reason
+        return Item(entry, sha=sha, error=f"could not be decoded: {type(exc).__name__}: {exc}"[:500])
     meta = {c: getattr(decoded, c) for c in META_COLUMNS}
     return Item(entry, sha=sha, meta=meta, pixels=pixels)
 

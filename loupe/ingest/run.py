@@ -37,7 +37,8 @@ def run_index(catalog: Catalog, plan: Plan, root: Path, options: IndexOptions, *
     """Carry out `plan`. `space()` and `encoder()` are called only when content must be
     embedded (they load the model); `image_size` is the space's, when it is known."""
     started = time.perf_counter()
-    report = IndexReport(scanned=plan.scanned, unchanged=plan.unchanged)
+    report = IndexReport(scanned=plan.scanned, unchanged=plan.unchanged,
+                         unreadable=list(plan.seen.unreadable), outside_links=len(plan.seen.outside_links))
     known_rows = plan.known
 
     # Deleted files leave first, in one transaction, but keep their vectors and metadata

@@ -1,10 +1,18 @@
-"""Walk a folder and list the image files to consider, with their size and mtime."""
+"""Walk a folder and list the image files to consider, with their size and mtime.
+
+Nothing is lost silently: a folder the walk cannot read is recorded in the scan's
+`unreadable` list (so the run does not take its images for deleted), and a symlink
+whose target lies outside the root is skipped and counted, never followed (the server
+refuses such files too). File names that are not valid UTF-8 keep their bytes
+(os.fsdecode's surrogate escapes); the catalog stores them losslessly.
+"""
 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from loupe.core.config import IMAGE_SUFFIXES, LIBRARY_DIRNAME
@@ -18,12 +26,32 @@ class FileEntry:
     mtime: float
 
 
+@dataclass
+class Scan:
+    """What a walk saw besides the files: folders it could not read, links it refused."""
+
+    unreadable: list[str] = field(default_factory=list)   # relative folders ("" = the root)
+    outside_links: list[str] = field(default_factory=list)
+
+
 def scan(root: Path, include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
-         skip_hidden: bool = True) -> Iterator[FileEntry]:
+         skip_hidden: bool = True, seen: Scan | None = None) -> Iterator[FileEntry]:
     """Yield every file under `root` that matches. Globs apply to the relative path
-    (`*.png`, `2023/**`); without `include`, the known image endings are taken."""
+    (`*.png`, `2023/**`); without `include`, the known image endings are taken.
+    `seen`, when given, collects unreadable folders and refused links."""
     root = Path(root)
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+    real_root = root.resolve()
+    seen = seen if seen is not None else Scan()
+
+    def onerror(exc: OSError) -> None:
+        where = Path(exc.filename) if exc.filename else root
+        try:
+            rel = where.relative_to(root).as_posix()
+        except ValueError:
+            rel = str(where)
+        seen.unreadable.append("" if rel == "." else rel)
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False, onerror=onerror):
         # Sorted for a stable order: progress and batches repeat run to run.
         dirnames[:] = sorted(
             d for d in dirnames
@@ -33,14 +61,18 @@ def scan(root: Path, include: tuple[str, ...] = (), exclude: tuple[str, ...] = (
         for name in sorted(filenames):
             if skip_hidden and name.startswith("."):
                 continue
-            rel = (base / name).relative_to(root).as_posix()
+            path = base / name
+            rel = path.relative_to(root).as_posix()
             if not _wanted(rel, include, exclude):
                 continue
             try:
-                st = (base / name).stat()
+                st = path.stat()
+                if path.is_symlink() and not path.resolve().is_relative_to(real_root):
+                    seen.outside_links.append(rel)
+                    continue
             except OSError:
-                continue  # vanished between listing and stat
-            if not _is_regular(st.st_mode):
+                continue  # vanished between listing and stat, or a dangling link
+            if not stat.S_ISREG(st.st_mode):
                 continue
             yield FileEntry(rel, st.st_size, st.st_mtime)
 
@@ -52,9 +84,3 @@ def _wanted(rel: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> boo
     elif not rel.lower().endswith(IMAGE_SUFFIXES):
         return False
     return not any(glob_match(rel, g) for g in exclude)
-
-
-def _is_regular(mode: int) -> bool:
-    import stat
-
-    return stat.S_ISREG(mode)

@@ -9,6 +9,7 @@ schema is built and upgraded by the named migrations in `migrations.py`.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -19,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from loupe.core.errors import LibraryError
 from loupe.core.paths import glob_match
 from loupe.core.types import Filters
-from loupe.storage.migrations import migrate, space_digest
+from loupe.storage.migrations import migrate, pending, space_digest
 
 # put_image runs inside a bumping transaction: the row belongs to the generation it creates.
 _NEXT_GEN = "COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'generation'), 0) + 1"
@@ -30,21 +32,40 @@ META_COLUMNS = ("width", "height", "format", "taken_at", "camera")
 
 
 class Catalog:
-    """Thread-safe: each thread gets its own connection (SQLite connections are not shared)."""
+    """Thread-safe: each thread gets its own connection (SQLite connections are not shared).
 
-    def __init__(self, path: Path):
+    Commits are durable: WAL with synchronous=FULL syncs the log at every commit, so a
+    power cut cannot take the generation back behind files saved beside the catalog
+    (one fsync per batch of 32 images: see the README for its cost). A catalog that
+    cannot be written (read-only media, another user's library) opens read-only: it
+    searches, and every write says why it cannot."""
+
+    def __init__(self, path: Path, read_only: bool = False):
         self.path = Path(path)
+        self.read_only = read_only
         self._local = threading.local()
-        self.migrated = migrate(self.db)
+        if read_only:
+            todo = pending(self.db)
+            if todo:
+                raise LibraryError(f"the library at {self.path.parent} was written by an older Loupe "
+                                   f"and needs upgrading ({', '.join(todo)}), but it is read-only: "
+                                   "open it once where it can be written")
+            self.migrated: list[str] = []
+        else:
+            self.migrated = migrate(self.db)
 
     @property
     def db(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            if self.read_only:
+                conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                                       timeout=60, isolation_level=None)
+            else:
+                conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             self._local.conn = conn
         return conn
@@ -59,6 +80,9 @@ class Catalog:
     def transaction(self, bump: bool = True) -> Iterator[sqlite3.Connection]:
         """One write transaction. `bump` moves the generation on, telling readers that
         what is searchable changed; leave it off for writes that change nothing searchable."""
+        if self.read_only:
+            raise LibraryError(f"the library at {self.path.parent} is read-only: it can be searched, "
+                               "not changed")
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -70,7 +94,8 @@ class Catalog:
                 )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # SQLite may have rolled back itself (a full disk): keep the cause
+                db.execute("ROLLBACK")
             raise
 
     # --- meta -----------------------------------------------------------------------------
@@ -92,8 +117,8 @@ class Catalog:
 
     # --- what the indexer needs -----------------------------------------------------------
     def files(self) -> dict[str, sqlite3.Row]:
-        rows = self.db.execute("SELECT id, path, size, mtime, sha256, status FROM images")
-        return {r["path"]: r for r in rows}
+        rows = self.db.execute("SELECT id, path, path_bytes, size, mtime, sha256, status FROM images")
+        return {from_db(r["path"], r["path_bytes"]): r for r in rows}
 
     def known_hashes(self, space: int) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT sha256 FROM vectors WHERE space = ?", (space,))}
@@ -111,15 +136,16 @@ class Catalog:
         meta = meta or {}
         date = meta.get("taken_at") or time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(mtime))
         db.execute(
-            f"""INSERT INTO images (path, sha256, size, mtime, width, height, format, taken_at,
-                   date, camera, status, error, indexed_at, gen)
-               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?, {_NEXT_GEN})
-               ON CONFLICT(path) DO UPDATE SET sha256=excluded.sha256, size=excluded.size,
+            f"""INSERT INTO images (path, path_bytes, sha256, size, mtime, width, height, format,
+                   taken_at, date, camera, status, error, indexed_at, gen)
+               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?, {_NEXT_GEN})
+               ON CONFLICT(path) DO UPDATE SET path_bytes=excluded.path_bytes,
+                   sha256=excluded.sha256, size=excluded.size,
                    mtime=excluded.mtime, width=excluded.width, height=excluded.height,
                    format=excluded.format, taken_at=excluded.taken_at, date=excluded.date,
                    camera=excluded.camera, status=excluded.status, error=excluded.error,
                    indexed_at=excluded.indexed_at, gen=excluded.gen""",
-            (rel, sha, size, mtime, *(meta.get(c) for c in ("width", "height", "format", "taken_at")),
+            (*to_db(rel), sha, size, mtime, *(meta.get(c) for c in ("width", "height", "format", "taken_at")),
              date, meta.get("camera"), "error" if error else "ok", error, time.time()),
         )
 
@@ -132,7 +158,7 @@ class Catalog:
 
     @staticmethod
     def delete_paths(db: sqlite3.Connection, rels: Iterable[str]) -> None:
-        db.executemany("DELETE FROM images WHERE path = ?", ((r,) for r in rels))
+        db.executemany("DELETE FROM images WHERE path = ?", ((to_db(r)[0],) for r in rels))
 
     @staticmethod
     def drop_orphan_vectors(db: sqlite3.Connection) -> int:
@@ -165,7 +191,7 @@ class Catalog:
 
     def record(self, image_id: int) -> dict[str, Any] | None:
         row = self.db.execute("SELECT * FROM images WHERE id = ?", (int(image_id),)).fetchone()
-        return dict(row) if row else None
+        return _record(row) if row else None
 
     def records(self, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
         ids = [int(i) for i in ids]
@@ -175,11 +201,11 @@ class Catalog:
             rows = self.db.execute(
                 f"SELECT * FROM images WHERE id IN ({','.join('?' * len(part))})", part
             )
-            out.update((r["id"], dict(r)) for r in rows)
+            out.update((r["id"], _record(r)) for r in rows)
         return out
 
     def id_of_path(self, rel: str) -> int | None:
-        row = self.db.execute("SELECT id FROM images WHERE path = ?", (rel,)).fetchone()
+        row = self.db.execute("SELECT id FROM images WHERE path = ?", (to_db(rel)[0],)).fetchone()
         return row[0] if row else None
 
     def filter_ids(self, f: Filters) -> np.ndarray:
@@ -280,6 +306,30 @@ class Catalog:
             "SELECT format, COUNT(*) FROM images WHERE status = 'ok' GROUP BY format ORDER BY 2 DESC"
         )
         return {r[0]: r[1] for r in rows}
+
+
+def to_db(rel: str) -> tuple[str, bytes | None]:
+    """A path as stored: text, plus its bytes when it is not valid UTF-8 (os.fsdecode's
+    surrogate escapes); the text then shows those bytes as \\xNN."""
+    try:
+        rel.encode("utf-8")
+        return rel, None
+    except UnicodeEncodeError:
+        raw = os.fsencode(rel)
+        return raw.decode("utf-8", "backslashreplace"), raw
+
+
+def from_db(text: str, raw: bytes | None) -> str:
+    """The path as the file system knows it (what `to_db` stored)."""
+    return os.fsdecode(raw) if raw is not None else text
+
+
+def _record(row: sqlite3.Row) -> dict[str, Any]:
+    """A row as a dict: `path` opens the file (lossless), `display_path` prints safely."""
+    rec = dict(row)
+    rec["display_path"] = rec["path"]
+    rec["path"] = from_db(rec["path"], rec.pop("path_bytes", None))
+    return rec
 
 
 def _like_escape(s: str) -> str:

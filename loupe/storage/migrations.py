@@ -98,7 +98,13 @@ def m003_epoch(db: sqlite3.Connection) -> None:
     db.execute("INSERT OR IGNORE INTO meta VALUES ('epoch', ?)", (json.dumps(uuid.uuid4().hex),))
 
 
-MIGRATIONS: tuple[Migration, ...] = (m001_initial, m002_embedding_spaces, m003_epoch)
+def m004_path_bytes(db: sqlite3.Connection) -> None:
+    """File names that are not valid UTF-8 (old Latin-1 names, network shares) keep their
+    bytes here; `path` holds a readable rendering with the odd bytes escaped."""
+    db.execute("ALTER TABLE images ADD COLUMN path_bytes BLOB")
+
+
+MIGRATIONS: tuple[Migration, ...] = (m001_initial, m002_embedding_spaces, m003_epoch, m004_path_bytes)
 
 # The pixel pipeline of Loupe 0.1.0 (the same as today's): recorded for migrated spaces.
 PIPELINE_0_1_0 = {"decode": "jpeg-draft>=image_size", "exif_orientation": True, "alpha": "white"}

@@ -157,7 +157,7 @@ class SpaceVectors:
         spec = state.get("index_override") or ann.choose_spec(len(ids), self.dim, self.memory_budget)
         index = ann.build(spec, self.dim, ids, matrix)
         recall = ann.measure_recall(index) if len(ids) and not _is_exact(spec) else 1.0
-        if state.get("index") != {"spec": spec, "recall_at_10": recall}:
+        if state.get("index") != {"spec": spec, "recall_at_10": recall} and not self.catalog.read_only:
             self.catalog.update_space_state(self.space, index={"spec": spec, "recall_at_10": recall})
         return index
 

@@ -1,0 +1,394 @@
+"""Index a folder on a Ray cluster: the same plan, the same pure steps, the same commit.
+
+    report = run_index_ray(catalog, plan, root, options, space=..., encoder=...,
+                           image_size=..., model="ViT-B-32:laion2b_s34b_b79k",
+                           address="ray://head:10001", num_gpus=1, actors=(1, 8))
+
+What runs where:
+
+- here (the driver): the plan (scan + catalog diff), the deletions, and every commit. Results
+  come back in batches through `loupe.ingest.apply.commit`, one SQLite transaction per batch,
+  so the catalog, the report and the crash behaviour are the local executor's.
+- Ray Data map tasks (CPU): read the bytes, hash them, and for content the space has no vector
+  for, decode and prepare the model input. This is `loupe.ingest.embed.read`, the function the
+  local executor runs in its threads, on the same pixel pipeline (the space's identity).
+- a Ray Data actor pool (CPU or GPU, `num_gpus` per actor): each actor loads the model once by
+  its identity (name + weights) and embeds batches with `loupe.ingest.embed.embed`. An actor
+  refuses to start when the model it loaded is not the space's (its vectors would not compare).
+
+Ray Data streams between the stages with back-pressure: decoded pixels wait in the object
+store only as long as the actors are busy, and the driver's commit rate bounds the whole run.
+An actor or task that dies is restarted and its batch retried by Ray (Ray Data's defaults for
+actor pools: unlimited restarts and task retries); if the driver dies, the next run plans again
+and embeds only what was not committed.
+
+Workers read files as `worker_root / relative path`: the folder must be visible to every node at
+that path (a shared file system; `worker_root` when it is mounted elsewhere than on the driver),
+and `weights` (a local file) must be readable at the same path on every node.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from loupe.core.config import IndexOptions
+from loupe.core.errors import ModelError
+from loupe.ingest import embed as emb
+from loupe.ingest.apply import IndexReport, RunState, commit
+from loupe.ingest.embed import Item
+from loupe.ingest.plan import Plan
+from loupe.ingest.run import Progress, _fill_reused
+from loupe.media.scan import FileEntry
+from loupe.storage.catalog import Catalog
+
+# Files per read task (one input block each): small enough that a slow file does not hold up
+# many others, large enough that task overhead (a few ms) stays small against decoding (tens of
+# ms per photo). Small runs are cut into more, smaller blocks so that every core decodes.
+READ_BATCH = 16
+MIN_BLOCKS = 16
+# Memory each read task asks Ray for: a worker process with Pillow decoding one large photo
+# (Ray schedules by it; it also keeps Ray Data from fusing the read tasks into the embed actors,
+# which it does when both stages ask for the same resources: then each actor would decode and
+# embed in turn instead of side by side).
+READ_TASK_MEMORY = 512 * 1024**2
+# Files per Ray Data pipeline: the input of one chunk sits in the object store at a time.
+CHUNK_FILES = 200_000
+# A commit carries at most this many rows (moves and copies carry no pixels and are cheap).
+MAX_COMMIT_ROWS = 1024
+
+__all__ = ["RayIndexStats", "run_index_ray", "connect"]
+
+
+class RayIndexStats(dict):
+    """What the Ray side did, attached to the report as `report.ray`: `embedded_by` (images
+    embedded per "host:pid" of an embedding actor) and `resources` (the cluster's, as Ray saw
+    them when the run started)."""
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None,
+            runtime_env: dict[str, Any] | None = None, **init_kwargs: Any) -> None:
+    """Join the Ray cluster at `address` ("auto", "ray://head:10001", "head:6379"), or start a
+    local instance (address None) with `num_cpus`. Reuses a connection this process already has."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False, **init_kwargs}
+    if runtime_env:
+        kwargs["runtime_env"] = runtime_env
+    if address is None:
+        kwargs.setdefault("include_dashboard", False)
+        if num_cpus is not None:
+            kwargs["num_cpus"] = num_cpus
+        ray.init(**kwargs)
+    else:
+        ray.init(address=address, **kwargs)
+
+
+def run_index_ray(catalog: Catalog, plan: Plan, root: Path, options: IndexOptions, *,
+                  space: Callable[[], int], encoder: Callable[[], Any], image_size: int | None,
+                  model: str, weights: str | Path | None = None, device: str | None = None,
+                  backend: str = "auto", address: str | None = None,
+                  actors: int | tuple[int, int] | None = None, num_gpus: float = 0.0,
+                  cpus_per_actor: float = 1.0, worker_root: str | Path | None = None,
+                  runtime_env: dict[str, Any] | None = None, num_cpus: int | None = None,
+                  progress: Progress | None = None) -> IndexReport:
+    """Carry out `plan` with Ray Data doing the reading, decoding and embedding.
+
+    catalog, plan, root, options, space, encoder, image_size, progress: as `run_index`.
+    `encoder()` is called only for a library that has no space yet (the model names it);
+    otherwise the driver loads no model and the space's recorded identity is what workers
+    check theirs against. model, weights, backend: how each actor loads the model (the
+    library's `model` and `weights`). device: the actors' device (default "cuda" when
+    `num_gpus` > 0, else "cpu"). actors: the embed pool's size, or (min, max) to let Ray Data
+    scale it; default (1, the cluster's GPUs / num_gpus), or on CPUs (1, half the cluster's
+    CPUs / cpus_per_actor), the other half decoding (1 on a 2-core machine). Keep
+    actors x cpus_per_actor below the CPUs, or no read task can run. address / num_cpus /
+    runtime_env: see `connect`.
+    """
+    started = time.perf_counter()
+    report = IndexReport(scanned=plan.scanned, unchanged=plan.unchanged)
+    report.ray = RayIndexStats(embedded_by={}, resources={})
+    known_rows = plan.known
+
+    # Deletions first, as the local executor does: vectors and metadata of deleted files stay
+    # until the run ends, so a move is matched by content.
+    left_behind: dict[str, dict[str, Any]] = {}
+    for rel in plan.gone:
+        sha = known_rows[rel]["sha256"]
+        if sha and known_rows[rel]["status"] == "ok":
+            left_behind[sha] = catalog.meta_for_hash(sha) or {}
+    if plan.gone:
+        with catalog.transaction() as db:
+            Catalog.delete_paths(db, plan.gone)
+    report.removed = len(plan.gone)
+
+    total = len(plan.todo)
+    if total:
+        space_id = catalog.active_space()
+        if space_id is None or image_size is None:   # a new library: the model names the space
+            encoder()
+            space_id = space()
+        identity = dict(catalog.space(space_id)["identity"])
+        state = RunState(space=space_id, known=catalog.known_hashes(space_id),
+                         old_sha={e.rel: known_rows[e.rel]["sha256"]
+                                  for e in plan.todo if e.rel in known_rows},
+                         left_behind=left_behind)
+        if progress:
+            progress(0, total)
+        connect(address, num_cpus=num_cpus, runtime_env=runtime_env)
+        rows = _pipeline(plan.todo, state.known, identity, options,
+                         worker_root=str(worker_root or root), model=model,
+                         weights=str(weights) if weights else None,
+                         device=device or ("cuda" if num_gpus else "cpu"), backend=backend,
+                         actors=actors, num_gpus=num_gpus, cpus_per_actor=cpus_per_actor)
+        try:
+            report.ray = _commit_all(catalog, rows, state, report, root, options, total,
+                                     progress)
+        finally:
+            rows.close()   # an interrupted run stops the Ray Data execution it started
+    elif progress:
+        progress(0, 0)
+
+    with catalog.transaction(bump=False) as db:
+        Catalog.drop_orphan_vectors(db)
+        report.seconds = time.perf_counter() - started
+        catalog.set_meta("last_index", {"finished_at": time.time(), "executor": "ray",
+                                        **report.to_dict()}, db=db)
+    return report
+
+
+def _commit_all(catalog: Catalog, rows: Iterator[dict[str, Any]], state: RunState,
+                report: IndexReport, root: Path, options: IndexOptions, total: int,
+                progress: Progress | None) -> RayIndexStats:
+    """Rows as they arrive -> Items -> commits of about `options.batch_size` embedded images."""
+    done = 0
+    batch: list[Item] = []
+    n_new = 0
+    workers: dict[str, int] = {}
+
+    def flush() -> None:
+        nonlocal done, batch, n_new
+        _fill_reused(catalog, batch, state, root, options)
+        if any(it.vector is not None for it in batch):
+            report.model_loaded = True
+        commit(catalog, batch, state, report)
+        done += len(batch)
+        batch, n_new = [], 0
+        if progress:
+            progress(done, total)
+
+    for row in rows:
+        item = _item(row)
+        if row["worker"]:
+            workers[row["worker"]] = workers.get(row["worker"], 0) + 1
+        batch.append(item)
+        n_new += item.vector is not None
+        if n_new >= options.batch_size or len(batch) >= MAX_COMMIT_ROWS:
+            flush()
+    if batch:
+        flush()
+    if done != total:   # Ray Data lost or duplicated rows: never commit a partial run silently
+        raise RuntimeError(f"Ray returned {done} results for {total} files")
+    import ray
+
+    return RayIndexStats(embedded_by=workers, resources=dict(ray.cluster_resources()))
+
+
+# ---------------------------------------------------------------------------------------------
+# the pipeline
+
+
+def _pipeline(todo: list[FileEntry], known: set[str], identity: dict[str, Any],
+              options: IndexOptions, *, worker_root: str, model: str, weights: str | None,
+              device: str, backend: str, actors: int | tuple[int, int] | None,
+              num_gpus: float, cpus_per_actor: float) -> Iterator[dict[str, Any]]:
+    """Results of every file of `todo`, as they come (in no particular order): one Ray Data
+    pipeline per CHUNK_FILES files, so the driver never holds more than one chunk's input in
+    the object store."""
+    import ray
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False         # progress is the caller's (one line per commit)
+    ctx.print_on_execution_start = False
+    # The contents the space held when the run began, as one sorted array of 32-byte digests:
+    # one copy in the object store, read zero-copy by every task (a Python set would be
+    # unpickled by every task). Content new in this run is not in it: files with the same new
+    # content are each embedded (the commit keeps one vector; `copies` counts the others).
+    known_ref = ray.put(_digests(known))
+    if actors is None:
+        cap = max(1, int(_cluster_capacity(num_gpus, cpus_per_actor)))
+        actors = (1, cap) if cap > 1 else 1
+    for start in range(0, len(todo), CHUNK_FILES):
+        chunk = todo[start: start + CHUNK_FILES]
+        items = [{"rel": e.rel, "size": e.size, "mtime": e.mtime} for e in chunk]
+        per_block = min(READ_BATCH, max(1, math.ceil(len(items) / MIN_BLOCKS)))
+        ds = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / per_block))
+        del items
+        ds = ds.map_batches(
+            _read_batch, batch_size=None, batch_format="numpy", num_cpus=1,
+            memory=READ_TASK_MEMORY,
+            fn_kwargs={"root": worker_root, "known_ref": known_ref, "identity": identity,
+                       "max_file_bytes": options.max_file_bytes,
+                       "max_pixels": options.max_pixels, "model": model, "weights": weights,
+                       "backend": backend})
+        pool = (ray.data.ActorPoolStrategy(size=actors) if isinstance(actors, int)
+                else ray.data.ActorPoolStrategy(min_size=actors[0], max_size=actors[1]))
+        ds = ds.map_batches(
+            _Embedder, batch_size=options.batch_size, batch_format="numpy", compute=pool,
+            num_gpus=num_gpus or None, num_cpus=cpus_per_actor,
+            fn_constructor_kwargs={"model": model, "weights": weights, "device": device,
+                                   "backend": backend, "identity": identity,
+                                   "threads": max(1, int(cpus_per_actor))})
+        for batch in ds.iter_batches(batch_size=options.batch_size, batch_format="numpy",
+                                     prefetch_batches=1):
+            for i in range(len(batch["rel"])):
+                yield {k: batch[k][i] for k in batch}
+
+
+def _cluster_capacity(num_gpus: float, cpus_per_actor: float) -> float:
+    import ray
+
+    res = ray.cluster_resources()
+    if num_gpus:
+        return res.get("GPU", 0) / num_gpus
+    return max(1.0, res.get("CPU", 1) / 2 / cpus_per_actor)   # half the CPUs read and decode
+
+
+def _digests(known: set[str]) -> np.ndarray:
+    arr = np.array(sorted(bytes.fromhex(h) for h in known), dtype="S32")
+    return arr if len(arr) else np.zeros(0, "S32")
+
+
+class _SortedHashes:
+    """`sha in known` over a sorted array of digests (what `embed.read` asks of `known`)."""
+
+    def __init__(self, digests: np.ndarray):
+        self.digests = digests
+
+    def __contains__(self, sha: object) -> bool:
+        if not isinstance(sha, str) or not len(self.digests):
+            return False
+        d = np.array(bytes.fromhex(sha), dtype="S32")
+        at = int(np.searchsorted(self.digests, d))
+        return at < len(self.digests) and self.digests[at] == d
+
+
+# One encoder per worker process, for pixel pipelines `preprocess.prepare` does not cover.
+_PREPARE_ENCODER: dict[tuple[Any, ...], Any] = {}
+
+
+def _prepare_fn(identity: Mapping[str, Any], model: str, weights: str | None,
+                backend: str) -> Callable[[Any], np.ndarray]:
+    from loupe.models import preprocess
+
+    if preprocess.supports(identity):
+        return lambda image: preprocess.prepare(image, identity)
+    key = (model, weights, backend)
+    if key not in _PREPARE_ENCODER:
+        from loupe.models import load_encoder
+
+        _PREPARE_ENCODER[key] = load_encoder(model, weights, "cpu", backend=backend,
+                                             towers=("image",), threads=1)
+    return _PREPARE_ENCODER[key].prepare
+
+
+def _read_batch(batch: dict[str, np.ndarray], *, root: str, known_ref: Any,
+                identity: dict[str, Any], max_file_bytes: int, max_pixels: int, model: str,
+                weights: str | None, backend: str) -> dict[str, np.ndarray]:
+    """Map task: read, hash, and (new content only) decode + prepare. Pixels travel as bytes
+    (absent: b"") so that rows without pixels cost nothing in the object store."""
+    import ray
+
+    known = _SortedHashes(ray.get(known_ref))
+    prepare = _prepare_fn(identity, model, weights, backend)
+    out: dict[str, list[Any]] = {k: [] for k in ("rel", "size", "mtime", "sha", "meta", "error",
+                                                  "reused", "pixels")}
+    base = Path(root)
+    for rel, size, mtime in zip(batch["rel"], batch["size"], batch["mtime"], strict=True):
+        entry = FileEntry(str(rel), int(size), float(mtime))
+        it = emb.read(entry, base, known=known, max_file_bytes=max_file_bytes,
+                      max_pixels=max_pixels, image_size=int(identity["image_size"]),
+                      prepare=prepare)
+        out["rel"].append(entry.rel)
+        out["size"].append(entry.size)
+        out["mtime"].append(entry.mtime)
+        out["sha"].append(it.sha or "")
+        out["meta"].append(json.dumps(it.meta) if it.meta is not None else "")
+        out["error"].append(it.error or "")
+        out["reused"].append(it.reused)
+        out["pixels"].append(np.ascontiguousarray(it.pixels, np.float32).tobytes()
+                             if it.pixels is not None else b"")
+    return _columns(out)
+
+
+def _columns(out: dict[str, list[Any]]) -> dict[str, np.ndarray]:
+    cols: dict[str, np.ndarray] = {}
+    for k, v in out.items():
+        if k in ("pixels", "vector"):
+            arr = np.empty(len(v), dtype=object)
+            arr[:] = v
+            cols[k] = arr
+        elif k == "size":
+            cols[k] = np.asarray(v, np.int64)
+        elif k == "mtime":
+            cols[k] = np.asarray(v, np.float64)
+        elif k == "reused":
+            cols[k] = np.asarray(v, bool)
+        else:
+            cols[k] = np.asarray(v, dtype=object)
+    return cols
+
+
+class _Embedder:
+    """Actor: loads the model once, checks it is the space's, embeds batches of pixels."""
+
+    def __init__(self, *, model: str, weights: str | None, device: str, backend: str,
+                 identity: dict[str, Any], threads: int):
+        from loupe.models import load_encoder, space_key
+
+        self.encoder = load_encoder(model, weights, device, backend=backend, towers=("image",),
+                                    threads=threads if device == "cpu" else None)
+        if space_key(self.encoder.identity) != space_key(identity):
+            raise ModelError(
+                f"the Ray worker on {socket.gethostname()} loaded {model} as "
+                f"{space_key(self.encoder.identity)}, not the library's space "
+                f"{space_key(identity)}: its vectors would not compare")
+        if device == "cpu" and self.encoder.backend == "torch":
+            import torch
+
+            torch.set_num_threads(threads)
+        size = int(identity["image_size"])
+        self.shape = (3, size, size)
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        items = [Item(FileEntry("", 0, 0.0), pixels=np.frombuffer(p, np.float32).reshape(self.shape)
+                      if len(p) else None) for p in batch["pixels"]]
+        emb.embed(items, self.encoder.encode_pixels)
+        vectors = [np.asarray(it.vector, np.float32).tobytes() if it.vector is not None else b""
+                   for it in items]
+        out = {k: v for k, v in batch.items() if k != "pixels"}
+        arr = np.empty(len(vectors), dtype=object)
+        arr[:] = vectors
+        out["vector"] = arr
+        out["worker"] = np.asarray([self.worker if len(v) else "" for v in vectors], dtype=object)
+        return out
+
+
+def _item(row: Mapping[str, Any]) -> Item:
+    meta = json.loads(row["meta"]) if row["meta"] else None
+    vector = np.frombuffer(row["vector"], np.float32).copy() if len(row["vector"]) else None
+    return Item(FileEntry(str(row["rel"]), int(row["size"]), float(row["mtime"])),
+                sha=str(row["sha"]) or None, meta=meta, error=str(row["error"]) or None,
+                reused=bool(row["reused"]), vector=vector)
