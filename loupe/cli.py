@@ -177,6 +177,9 @@ def index(
         metavar="SPEC")] = None,
     local_features: Annotated[bool, typer.Option(
         "--local-features", help="Also extract local features now, for `--rerank spatial`.")] = False,
+    prune: Annotated[bool, typer.Option(
+        "--prune", help="Forget missing files even when most of the library is gone (otherwise "
+        "such a run stops: an unmounted drive looks the same).")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Index FOLDER: embed new and changed images, keep moved ones, forget deleted ones.
@@ -196,7 +199,7 @@ def index(
     options = IndexOptions(
         include=tuple(include or ()), exclude=tuple(exclude or ()), batch_size=batch_size,
         workers=workers, max_pixels=max_pixels, max_file_bytes=int(max_file_mb * 2**20),
-        index_spec=index_spec,
+        index_spec=index_spec, prune=prune,
     )
     try:
         if dba is not None:
@@ -231,6 +234,12 @@ def index(
              f"{report.unchanged} unchanged", f"{report.errors} errors"]
     rate = f" ({report.embedded / report.seconds:.1f} img/s embedded)" if report.embedded and report.seconds else ""
     err.print(f"[green]done[/] in {report.seconds:.1f}s{rate}: " + ", ".join(parts))
+    for folder_rel in report.unreadable:
+        err.print(f"  [yellow]unreadable folder[/] {escape(printable(folder_rel or '.'))}: "
+                  "its images are kept as they were", highlight=False)
+    if report.outside_links:
+        err.print(f"  {report.outside_links} links to files outside {escape(printable(str(folder)))} "
+                  "were not followed")
     for path, why in report.error_list[:20]:
         err.print(f"  [red]skipped[/] {escape(printable(path))}: {escape(printable(why))}", highlight=False)
     if len(report.error_list) > 20:
