@@ -6,7 +6,10 @@ so tests (and embedders) can run several apps side by side.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
+import re
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -19,7 +22,8 @@ from fastapi import Depends, FastAPI, File, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -28,13 +32,13 @@ import loupe
 from loupe.core.config import ALLOWED_FORMATS, IndexOptions
 from loupe.core.types import Filters
 from loupe.library import Library
-from loupe.media.decode import DecodeError, decode
+from loupe.media.decode import DecodeError
 from loupe.search.query import QueryError
 from loupe.server import thumbs
 from loupe.server.auth import token_matches
-from loupe.server.files import image_record, media_type, safe_file
+from loupe.server.files import file_etag, image_record, media_type, safe_file
 from loupe.server.indexer import BackgroundIndexer
-from loupe.server.middleware import BodyLimit, SecurityHeaders
+from loupe.server.middleware import BodyLimit, CrossSiteGuard, SecurityHeaders
 
 log = logging.getLogger("loupe.server")
 
@@ -54,11 +58,16 @@ _STATS_ERROR_LIST = 100
 
 def create_app(lib: Library, token: str, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                max_upload_pixels: int = MAX_UPLOAD_PIXELS, allowed_hosts: list[str] | None = None,
-               index_options: IndexOptions | None = None, refresh_every: float = 1.0) -> FastAPI:
+               index_options: IndexOptions | None = None, refresh_every: float = 1.0,
+               thumb_cache_bytes: int = thumbs.DEFAULT_BUDGET,
+               max_decodes: int = thumbs.DECODE_SLOTS) -> FastAPI:
     """The app serving `lib`. `token` guards the endpoints that change the library.
 
     `allowed_hosts` (e.g. ["127.0.0.1", "localhost"]) rejects other Host headers, which
     stops a web page from reaching a local server through DNS rebinding.
+    `max_upload_pixels` bounds every decode the server makes (query uploads, and the
+    thumbnails of indexed files too); at most `max_decodes` run at once. Thumbnails are
+    kept within `thumb_cache_bytes` (least recently used go first).
     Takes over refreshing `lib`'s search snapshot (`lib.auto_refresh` is turned off):
     searches never wait for a rebuild while a re-index commits batches.
     """
@@ -68,6 +77,9 @@ def create_app(lib: Library, token: str, *, max_upload_bytes: int = MAX_UPLOAD_B
     lib.refresh()
     indexer = BackgroundIndexer(lib, index_options, refresh_every=refresh_every)
     watcher = _Watcher(lib)
+    decode_slots = threading.BoundedSemaphore(max_decodes)
+    thumb_cache = thumbs.ThumbCache(lib.cache_dir("thumbs"), max_pixels=max_upload_pixels,
+                                    slots=decode_slots, budget_bytes=thumb_cache_bytes)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -78,11 +90,12 @@ def create_app(lib: Library, token: str, *, max_upload_bytes: int = MAX_UPLOAD_B
 
     app = FastAPI(title="Loupe", version=loupe.__version__, lifespan=lifespan,
                   description="Search a Loupe image library by text, by image, or both.",
-                  openapi_url="/api/openapi.json", docs_url="/api/docs", redoc_url=None)
+                  openapi_url="/api/openapi.json", docs_url=None, redoc_url=None)
     app.state.lib = lib
     app.state.indexer = indexer
     _install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=max_upload_bytes + MULTIPART_OVERHEAD)
+    app.add_middleware(CrossSiteGuard)  # outside BodyLimit: refused before the body is read
     if allowed_hosts:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
     app.add_middleware(SecurityHeaders)
@@ -115,15 +128,19 @@ def create_app(lib: Library, token: str, *, max_upload_bytes: int = MAX_UPLOAD_B
         """By an uploaded image, optionally edited by text (`q`: "this, but at night")."""
         if p.like is not None:
             raise HTTPException(400, "give an uploaded image or `like`, not both")
-        data = image.file.read(max_upload_bytes + 1)
-        if len(data) > max_upload_bytes:
-            raise HTTPException(413, f"image too large: the limit is {max_upload_bytes} bytes")
-        # Decoded as the indexer decodes (so an indexed photo finds itself at score 1), unless
-        # a reranker looks at the query's pixels: then it gets them at full size.
-        full = any(getattr(r, "needs_pixels", False) for r in p.rerank or ())
-        pixels = decode(data, max_pixels=max_upload_pixels,
-                        reduce_to=None if full else lib.encoder.image_size).image
-        return _page(lib, p, text=p.q, image=pixels, weight=p.weight)
+        # One slot per decode in flight, held until the pixels are let go: N parallel
+        # uploads cost at most `max_decodes` decoded images of memory.
+        with thumbs.decode_slot(decode_slots):
+            data = image.file.read(max_upload_bytes + 1)
+            if len(data) > max_upload_bytes:
+                raise HTTPException(413, f"image too large: the limit is {max_upload_bytes} bytes")
+            # Decoded as the indexer decodes (so an indexed photo finds itself at score 1),
+            # unless a reranker looks at the query's pixels: then it gets them at full size.
+            full = any(getattr(r, "needs_pixels", False) for r in p.rerank or ())
+            pixels = thumbs.decode_image(data, max_pixels=max_upload_pixels,
+                                         reduce_to=None if full else lib.encoder.image_size)
+            del data
+            return _page(lib, p, text=p.q, image=pixels, weight=p.weight)
 
     # --- images -------------------------------------------------------------------------------
     @app.get("/api/images/{image_id}", tags=["images"])
@@ -141,23 +158,25 @@ def create_app(lib: Library, token: str, *, max_upload_bytes: int = MAX_UPLOAD_B
         if size not in thumbs.SIZES:
             raise HTTPException(400, f"thumbnail size must be one of {list(thumbs.SIZES)}")
         rec = image_record(lib, image_id)
-        sha = rec["sha256"]
-        # A URL carrying the content version never changes meaning: cache it for good.
-        cache = "private, max-age=31536000, immutable" if v == sha[:16] else "private, no-cache"
-        headers = {"ETag": f'"{sha[:32]}-{size}"', "Cache-Control": cache}
+        source = safe_file(lib, rec)
+        # The hash of what the file holds now: the catalog's, unless it changed since.
+        content = thumb_cache.content(rec, source)
+        headers = _thumb_headers(content.sha256, size, v)
         if _not_modified(request, headers["ETag"]):
             return Response(status_code=304, headers=headers)
-        path = thumbs.thumbnail(lib, sha, safe_file(lib, rec), size)
-        return FileResponse(path, media_type="image/jpeg", headers=headers)
+        sha, jpeg = thumb_cache.get(content, source, size)
+        if sha != content.sha256:  # changed between the look and the read
+            headers = _thumb_headers(sha, size, v)
+        return Response(jpeg, media_type="image/jpeg", headers=headers)
 
     @app.get("/api/images/{image_id}/file", tags=["images"],
              responses={200: {"content": {"image/*": {}}}, 304: {}})
     def original(request: Request, image_id: ImageId) -> Response:
         rec = image_record(lib, image_id)
-        headers = {"ETag": f'"{rec["sha256"][:32]}"', "Cache-Control": "private, no-cache"}
+        path = safe_file(lib, rec)
+        headers = {"ETag": file_etag(rec, path), "Cache-Control": "private, no-cache"}
         if _not_modified(request, headers["ETag"]):
             return Response(status_code=304, headers=headers)
-        path = safe_file(lib, rec)
         return FileResponse(path, media_type=media_type(rec), headers=headers,
                             filename=Path(rec["path"]).name, content_disposition_type="inline")
 
@@ -195,6 +214,8 @@ def create_app(lib: Library, token: str, *, max_upload_bytes: int = MAX_UPLOAD_B
         return indexer.status()
 
     # --- the page -----------------------------------------------------------------------------
+    _install_docs(app)
+
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
@@ -249,6 +270,13 @@ def _urls(image_id: int, sha256: str | None) -> dict[str, str]:
             "file": f"{base}/file"}
 
 
+def _thumb_headers(sha: str, size: int, v: str | None) -> dict[str, str]:
+    # A URL naming the version of the content it serves never changes meaning: cached for
+    # good. Any other (no version, or a file changed since the URL was made) is revalidated.
+    cache = "private, max-age=31536000, immutable" if v == sha[:16] else "private, no-cache"
+    return {"ETag": f'"{sha[:32]}-{size}"', "Cache-Control": cache}
+
+
 def _not_modified(request: Request, etag: str) -> bool:
     wanted = request.headers.get("if-none-match")
     if not wanted:
@@ -297,6 +325,69 @@ def _decode_status(reason: str) -> int:
     if reason.startswith(("not an image", "unsupported format")):
         return 415
     return 400
+
+
+DOCS_ASSETS = "/api/docs/assets"
+
+
+def _swagger_assets() -> Path | None:
+    """Swagger UI's files from the swagger-ui-bundle-v2 package (module swagger_ui_bundle),
+    when installed and of version 5 or later (4 cannot show FastAPI's OpenAPI 3.1)."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        return None
+    folder = Path(str(swagger_ui_path))
+    version = re.search(r"(\d+)\.\d+", folder.name)
+    if not (folder / "swagger-ui-bundle.js").is_file() or (version and int(version[1]) < 5):
+        return None
+    return folder
+
+
+def _install_docs(app: FastAPI) -> None:
+    """/api/docs from this server alone, so it works offline: Swagger UI from a package's
+    files when there is one, else a plain list of the endpoints."""
+    assets = _swagger_assets()
+    if assets is None:
+        @app.get("/api/docs", include_in_schema=False)
+        def endpoint_list() -> HTMLResponse:
+            return HTMLResponse(_endpoint_list_html(app), headers={"Cache-Control": "no-cache"})
+        return
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=assets), name="docs-assets")
+    html = get_swagger_ui_html(
+        openapi_url=app.openapi_url or "/api/openapi.json", title=f"{app.title} API",
+        swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+        swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+        swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+        swagger_ui_parameters={"validatorUrl": None}).body
+    # The page's one inline script (Swagger UI's start) is allowed by its hash, nothing else.
+    inline = re.findall(rb"<script>(.*?)</script>", html, re.S)
+    hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s).digest()).decode()}'"
+                      for s in inline)
+    csp = (f"default-src 'self'; script-src 'self' {hashes}; style-src 'self' 'unsafe-inline'; "
+           "img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; "
+           "frame-ancestors 'none'")
+
+    @app.get("/api/docs", include_in_schema=False)
+    def swagger_ui() -> HTMLResponse:
+        return HTMLResponse(html, headers={"Content-Security-Policy": csp,
+                                           "Cache-Control": "no-cache"})
+
+
+def _endpoint_list_html(app: FastAPI) -> str:
+    from html import escape
+
+    rows = []
+    for path, ops in app.openapi().get("paths", {}).items():
+        for method, op in ops.items():
+            summary = op.get("summary") or ""
+            rows.append(f"<li><code>{escape(method.upper())} {escape(path)}</code> "
+                        f"{escape(summary)}</li>")
+    return ("<!doctype html><html lang=en><meta charset=utf-8><title>Loupe API</title>"
+            "<h1>Loupe API</h1><p>The full description, as JSON: "
+            f"<a href='{escape(app.openapi_url or '')}'>{escape(app.openapi_url or '')}</a>."
+            f"</p><ul>{''.join(rows)}</ul></html>")
 
 
 def _install_error_handlers(app: FastAPI) -> None:

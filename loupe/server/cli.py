@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +12,7 @@ import typer
 from rich.console import Console
 
 from loupe.core.config import CATALOG_FILENAME, LIBRARY_DIRNAME
+from loupe.core.errors import LoupeError
 from loupe.library import Library, LibraryError, find_library
 
 LOOPBACK_NAMES = ["127.0.0.1", "localhost"]
@@ -31,7 +34,13 @@ def serve(
         "Default: the one stored in the library folder (made on first run).",
         show_default=False, metavar="TEXT")] = None,
     max_upload_mb: Annotated[float, typer.Option(min=0.01, help="Largest query image accepted, MiB.", metavar="X")] = 20.0,
-    max_upload_mp: Annotated[float, typer.Option(min=0.01, help="Largest query image accepted, megapixels.", metavar="X")] = 50.0,
+    max_upload_mp: Annotated[float, typer.Option(
+        min=0.01, help="Largest image decoded, megapixels: query images, and the thumbnails of "
+        "indexed files (a JPEG counts at the reduced scale it is decoded at).",
+        metavar="X")] = 50.0,
+    thumb_cache_mb: Annotated[float, typer.Option(
+        min=1, help="Disk kept for thumbnails, MiB; the least recently used go first.",
+        metavar="X")] = 512.0,
     allowed_host: Annotated[list[str] | None, typer.Option(
         help="Host name clients may use (repeatable). Default: loopback names when --host is "
         "loopback, else any.", show_default=False, metavar="TEXT")] = None,
@@ -48,6 +57,7 @@ def serve(
     `loupe serve ~/Pictures/.loupe` listens on 127.0.0.1:8000; add `--host 0.0.0.0` to be
     reachable from the network.
     """
+    check_port(host, port)  # before the model loads: a busy port fails in a second
     import torch
     import uvicorn
 
@@ -63,6 +73,7 @@ def serve(
     _ = lib.encoder  # load (and check) the model before the first request waits for it
     app = create_app(lib, token, max_upload_bytes=int(max_upload_mb * 2**20),
                      max_upload_pixels=int(max_upload_mp * 1e6),
+                     thumb_cache_bytes=int(thumb_cache_mb * 2**20),
                      allowed_hosts=allowed_host or _default_hosts(host))
     if reindex:
         app.state.indexer.start()
@@ -79,6 +90,30 @@ def serve(
         out.print("[yellow]warning[/]: listening beyond this machine: anyone who can reach it can "
                   "search and view these images (changes still need the token).")
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
+def check_port(host: str, port: int) -> None:
+    """Bind (host, port) as uvicorn will, and let go at once: a port in use, an address not
+    on this machine or a port that needs privileges becomes one line and exit code 2."""
+    if port == 0:
+        return  # any free port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            sock.bind((host, port))
+    except socket.gaierror:
+        raise LoupeError(f"cannot listen on {host}: no such host name") from None
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise LoupeError(f"port {port} is in use: pass --port N") from None
+        if exc.errno == errno.EACCES:
+            raise LoupeError(f"port {port} needs administrator rights: pass --port N "
+                             "(1024 or above)") from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise LoupeError(f"cannot listen on {host}: not an address of this machine "
+                             "(try --host 127.0.0.1)") from None
+        raise LoupeError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 def _library_path(given: Path | None) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,29 @@ def safe_file(lib: Library, rec: dict[str, Any]) -> Path:
         raise HTTPException(403, f"image {rec['id']} resolves outside the library root")
     if not path.is_file():
         raise HTTPException(404, f"image {rec['id']} is no longer on disk (re-index to forget it)")
+    if not os.access(path, os.R_OK):
+        raise HTTPException(403, f"image {rec['id']} cannot be read by the server (permissions)")
     return path
+
+
+def as_indexed(rec: dict[str, Any], st: os.stat_result) -> bool:
+    """Whether the file still has the size and modification time the indexer saw, so that
+    the catalog's content hash can be trusted for it (the indexer's own test of change)."""
+    return (bool(rec.get("sha256")) and st.st_size == rec.get("size")
+            and st.st_mtime == rec.get("mtime"))
+
+
+def file_etag(rec: dict[str, Any], path: Path) -> str:
+    """The original's validator: its content hash while unchanged since indexing; after a
+    change (not re-indexed yet), its size and modification time, so no cache keeps the old."""
+    try:
+        st = path.stat()
+    except OSError:
+        gone = f"image {rec['id']} is no longer on disk (re-index to forget it)"
+        raise HTTPException(404, gone) from None
+    if as_indexed(rec, st):
+        return f'"{rec["sha256"][:32]}"'
+    return f'"changed-{st.st_size:x}-{st.st_mtime_ns:x}"'
 
 
 def media_type(rec: dict[str, Any]) -> str:

@@ -5,10 +5,12 @@ const PAGE = 30;
 const $ = (id) => document.getElementById(id);
 
 // What is being searched. One of: text, an uploaded image (Blob), an indexed image (id).
+// `text` is kept while an image is the query: removing the image searches it again.
 const state = {
-  text: "", image: null, likeId: null, offset: 0, hasMore: false,
-  loading: false, generation: 0, previewUrl: null,
+  text: "", image: null, imageKey: null, likeId: null, likeName: "", offset: 0, hasMore: false,
+  loading: false, generation: 0, previewUrl: null, pendingEdit: "",
 };
+const DEFAULT_PLACEHOLDER = $("q").placeholder;
 
 // --- talking to the server -----------------------------------------------------------------
 async function api(url, options = {}) {
@@ -60,9 +62,12 @@ function hasQuery() {
   return Boolean(state.image || state.likeId !== null || state.text);
 }
 
-async function runSearch(reset = true) {
+// `record`: a new search the user asked for gets its own entry in the browser's history
+// (Back returns to the one before); a search restored from the address does not.
+async function runSearch(reset = true, { record = true } = {}) {
   if (!hasQuery()) return;
   if (reset) {
+    if (record) remember();
     state.offset = 0;
     state.generation += 1;
     $("results").replaceChildren();
@@ -87,7 +92,10 @@ async function runSearch(reset = true) {
     $("summary").textContent = "";
     showError(err.message);
     // An image the server cannot use (not an image, too large) is dropped from the query.
-    if (state.image && (err.status === 413 || err.status === 415 || err.status === 400)) setQueryImage(null);
+    if (state.image && (err.status === 413 || err.status === 415 || err.status === 400)) {
+      setQueryImage(null);
+      remember(true);
+    }
   } finally {
     if (generation === state.generation) {
       state.loading = false;
@@ -100,7 +108,8 @@ async function runSearch(reset = true) {
 function summaryText(count, more, tookMs) {
   if (count === 0) return "No results.";
   const edit = $("edit").value.trim();
-  let what = state.image ? "your image" : state.likeId !== null ? "the chosen image" : `“${state.text}”`;
+  const liked = state.likeName ? `images like ${state.likeName}` : "the chosen image";
+  let what = state.image ? "your image" : state.likeId !== null ? liked : `“${state.text}”`;
   if ((state.image || state.likeId !== null) && edit) what += ` + “${edit}”`;
   return `${count}${more ? "+" : ""} results for ${what} (${Math.round(tookMs)} ms).`;
 }
@@ -119,14 +128,22 @@ function renderResults(results) {
     img.alt = hit.rel_path;
     img.loading = "lazy";
     img.decoding = "async";
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = baseName(hit.rel_path);
+    name.title = hit.rel_path;
     const caption = document.createElement("span");
     caption.className = "score";
     caption.textContent = `#${hit.rank} · ${hit.score.toFixed(3)}`;
-    button.append(img, caption);
+    button.append(img, name, caption);
     button.addEventListener("click", () => openViewer(hit, button));
     li.append(button);
     list.append(li);
   }
+}
+
+function baseName(relPath) {
+  return relPath.split("/").pop();
 }
 
 // --- the large view ------------------------------------------------------------------------------
@@ -138,7 +155,7 @@ async function openViewer(hit, opener) {
   viewerOpener = opener;
   $("viewer-img").src = hit.large;
   $("viewer-img").alt = hit.rel_path;
-  $("viewer-title").textContent = hit.rel_path.split("/").pop();
+  $("viewer-title").textContent = baseName(hit.rel_path);
   $("viewer-original").href = hit.file;
   fillMeta({ path: hit.rel_path, score: hit.score.toFixed(4) });
   $("viewer").showModal();
@@ -195,18 +212,33 @@ $("more-like").addEventListener("click", () => {
 });
 
 // --- the query image (uploaded, or an indexed one for "more like this") ---------------------
-function setQueryImage(blob, hit = null) {
+// Uploaded images of this tab, by the key their history entries carry: Back returns to an
+// image search while the tab is open; the address itself cannot hold an image.
+const uploads = new Map();
+let uploadCount = 0;
+const KEEP_UPLOADS = 8;
+
+// `key`: the upload's key when it comes back from history; `edit`: the "this, but" text.
+function setQueryImage(blob, hit = null, { key = null, edit = "" } = {}) {
   if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
   state.previewUrl = null;
   state.image = blob;
+  state.imageKey = null;
   state.likeId = hit ? hit.id : null;
+  state.likeName = hit ? hit.rel_path : "";
   const panel = $("query-image");
+  $("bookmark-note").hidden = !blob;
   if (!blob && !hit) {
     panel.hidden = true;
     $("query-preview").removeAttribute("src");
+    showQueryInBox();
     return;
   }
   if (blob) {
+    state.imageKey = key || `upload-${Date.now()}-${++uploadCount}`;
+    uploads.delete(state.imageKey);
+    uploads.set(state.imageKey, blob);
+    while (uploads.size > KEEP_UPLOADS) uploads.delete(uploads.keys().next().value);
     state.previewUrl = URL.createObjectURL(blob);
     $("query-preview").src = state.previewUrl;
     $("query-preview").alt = `Your query image${blob.name ? `: ${blob.name}` : ""}`;
@@ -214,13 +246,34 @@ function setQueryImage(blob, hit = null) {
     $("query-preview").src = hit.thumb;
     $("query-preview").alt = `Query image: ${hit.rel_path}`;
   }
-  $("edit").value = "";
+  $("edit").value = edit;
   panel.hidden = false;
+  showQueryInBox();
+}
+
+// The search box shows what is being searched: the text, or which image.
+function showQueryInBox() {
+  const box = $("q");
+  if (state.image) {
+    const name = state.image.name ? ` (${state.image.name})` : "";
+    box.value = "";
+    box.placeholder = `Searching by your image${name}: type here to search by text instead`;
+  } else if (state.likeId !== null) {
+    box.value = "";
+    const liked = state.likeName || `image ${state.likeId}`;
+    box.placeholder = `More like ${liked}: type here to search by text instead`;
+  } else {
+    box.value = state.text;
+    box.placeholder = DEFAULT_PLACEHOLDER;
+  }
+  box.classList.toggle("by-image", Boolean(state.image || state.likeId !== null));
 }
 
 function searchWithFile(file) {
   if (!file) return;
-  setQueryImage(file);
+  // the edit text of a bookmarked image search, waiting for its image
+  setQueryImage(file, null, { edit: state.pendingEdit });
+  state.pendingEdit = "";
   runSearch();
 }
 
@@ -232,8 +285,16 @@ $("clear-image").addEventListener("click", () => {
   setQueryImage(null);
   $("q").focus();
   if (state.text) runSearch();
-  else { $("results").replaceChildren(); $("summary").textContent = ""; $("more").hidden = true; }
+  else { remember(); clearResults(); }
 });
+
+function clearResults() {
+  state.generation += 1; // a search still in flight no longer shows
+  state.hasMore = false;
+  $("results").replaceChildren();
+  $("summary").textContent = "";
+  $("more").hidden = true;
+}
 $("edit-form").addEventListener("submit", (event) => { event.preventDefault(); runSearch(); });
 $("weight").addEventListener("input", () => {
   $("weight-out").textContent = Number($("weight").value).toFixed(2);
@@ -276,6 +337,7 @@ $("search-form").addEventListener("submit", (event) => {
   const text = $("q").value.trim();
   if (!text) { showError("Type something to search for, or drop an image."); return; }
   state.text = text;
+  state.pendingEdit = "";
   setQueryImage(null);
   runSearch();
 });
@@ -296,6 +358,93 @@ function watchSentinel() {
   scrollObserver.unobserve($("sentinel"));
   scrollObserver.observe($("sentinel"));
 }
+
+// --- the address: the query and filters, so Back, reload and bookmarks work ---------------
+function addressParams() {
+  const params = new URLSearchParams();
+  const edit = $("edit").value.trim();
+  if (state.image) params.set("image", "upload"); // only a marker: the image stays in the tab
+  else if (state.likeId !== null) params.set("like", state.likeId);
+  else if (state.text) params.set("q", state.text);
+  if ((state.image || state.likeId !== null) && edit) {
+    params.set("edit", edit);
+    params.set("weight", $("weight").value);
+  }
+  return filterParams(params);
+}
+
+// A new entry in the browser's history for what is searched now (or, with `replace`, the
+// current entry corrected); the same search twice makes one entry.
+function remember(replace = false) {
+  const params = addressParams();
+  const url = params.toString() ? `?${params}` : location.pathname;
+  const entry = { imageKey: state.image ? state.imageKey : null };
+  const same = url === (location.search || location.pathname)
+    && (history.state ? history.state.imageKey : null) === entry.imageKey;
+  if (same || replace) history.replaceState(entry, "", url);
+  else history.pushState(entry, "", url);
+}
+
+function setSelect(select, value) {
+  const known = Array.from(select.options).some((o) => o.value === value);
+  select.value = known ? value : "";
+}
+
+// From the address to the page: on load, and on Back / Forward.
+async function restore() {
+  const params = new URLSearchParams(location.search);
+  if ($("viewer").open) closeViewer();
+  showError(null);
+  $("f-folder").value = params.get("folder") || "";
+  $("f-since").value = params.get("since") || "";
+  $("f-until").value = params.get("until") || "";
+  setSelect($("f-type"), params.get("type") || "");
+  setSelect($("f-rerank"), params.get("rerank") || "");
+  if (["folder", "since", "until", "type", "rerank"].some((k) => params.get(k))) $("filters").open = true;
+  const weight = Number(params.get("weight"));
+  $("weight").value = params.has("weight") && weight >= 0 && weight <= 1 ? weight : 0.5;
+  $("weight-out").textContent = Number($("weight").value).toFixed(2);
+  state.text = (params.get("q") || "").trim();
+  state.pendingEdit = "";
+  const edit = params.get("edit") || "";
+  const like = params.get("like");
+  if (params.get("image")) {
+    const key = history.state && history.state.imageKey;
+    const blob = key ? uploads.get(key) : null;
+    if (blob) {
+      setQueryImage(blob, null, { key, edit });
+      runSearch(true, { record: false });
+      return;
+    }
+    setQueryImage(null);
+    state.pendingEdit = edit;
+    clearResults();
+    $("summary").textContent = "This address was a search by an uploaded image, and image "
+      + "queries can't be bookmarked: drop, paste or choose the image again (its edit text and "
+      + "the filters are kept).";
+    return;
+  }
+  if (like && /^\d+$/.test(like)) {
+    const generation = ++state.generation;
+    try {
+      const meta = await api(`/api/images/${like}`);
+      if (generation !== state.generation) return; // another restore or search came first
+      setQueryImage(null, meta, { edit });
+      runSearch(true, { record: false });
+    } catch (err) {
+      if (generation !== state.generation) return;
+      setQueryImage(null);
+      clearResults();
+      showError(err.message);
+    }
+    return;
+  }
+  setQueryImage(null);
+  if (state.text) runSearch(true, { record: false });
+  else clearResults();
+}
+
+window.addEventListener("popstate", restore);
 
 // --- keyboard -------------------------------------------------------------------------------
 document.addEventListener("keydown", (event) => {
@@ -375,3 +524,5 @@ $("stop").addEventListener("click", () => admin("/api/index/stop"));
 })();
 
 pollStatus();
+restore();
+
