@@ -1,94 +1,224 @@
-"""End-to-end indexing throughput vs the model's own forward-pass throughput.
+"""Encoder backends on real photos: model-only throughput, agreement with torch, query latency.
 
-Files on disk -> vectors committed, through `Library.index`, against
-`encode_pixels` on ready-made tensors: same architecture (the default model's,
-random weights), batch size and threads, in the same run. The ratio is what
-matters: at 1.0 decoding, hashing and I/O are fully hidden behind inference.
+For one architecture (default ViT-B-32 with seeded random weights: realistic timing, no
+download) on ~150 real photos from ../shared/data, decoded as the indexer decodes them:
 
-    python benchmarks/ingest.py                 # default: ViT-B-32, real camera JPEGs
-    python benchmarks/ingest.py --arch loupe-tiny --copies 1   # quick smoke run
+- image tower, model only (prepared pixels in, vectors out, batches of --batch-size):
+  img/s of torch fp32 (the reference), ONNX Runtime fp32, OpenVINO fp32 (if installed), and
+  int8 (ONNX Runtime dynamic quantisation) / bf16 (OpenVINO) as opt-in variants; each
+  non-reference backend's agreement with torch: mean and worst cosine per image, and the
+  overlap of every image's top-10 neighbours within the set.
+- text tower, a warm short query ("red car", one text, no cache): latency with the ids padded
+  to the context vs cut after the end-of-text token, in torch and ONNX Runtime (+ OpenVINO).
+- the one-off cost of exporting and checking both towers.
+
+Speeds are compared only as ratios within this run: the backends are timed in turns
+(--rounds rounds, median), so a change of machine load hits them alike. The CPU model, its
+relevant instruction sets, the thread counts and the load average before and after are
+recorded. Results: benchmarks/results/ingest.json and a table.
+
+    python benchmarks/ingest.py                       # ViT-B-32:random, ~150 photos
+    python benchmarks/ingest.py --arch loupe-tiny --rounds 1   # quick smoke run
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
-import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+import numpy as np
 
-from loupe.core.config import DEFAULT_MODEL, IndexOptions
-from loupe.library import Library
+from loupe.media.decode import load_image
+from loupe.models import check
+from loupe.models.base import normalised
+from loupe.models.device import cpu_info
+from loupe.models.export import export_model, quantize_int8
+from loupe.models.onnx import OrtTower, load_exported, make_tower
+from loupe.models.openclip import load_encoder as load_torch
+from loupe.models.text import pad
 
 HERE = Path(__file__).resolve().parent
-DATA = HERE.parent.parent / "shared" / "data" / "strecha"
+DATA = HERE.parent.parent / "shared" / "data"
 
 
-def make_folder(dest: Path, copies: int) -> int:
-    """Real camera JPEGs; each copy gets one extra trailing byte (after the JPEG's end
-    marker, which decoders ignore) so its content hash differs and it is embedded again."""
-    sources = sorted((DATA / "scenes").glob("*/*.jpg")) + sorted((DATA / "fullsize").glob("*.jpg"))
-    if not sources:
-        raise SystemExit(f"no photos under {DATA}: this benchmark needs ../shared/data")
-    n = 0
-    for c in range(copies):
-        for src in sources:
-            out = dest / f"copy{c}" / src.parent.name / src.name
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_bytes(src.read_bytes() + bytes([c]) * (c > 0))
-            n += 1
-    return n
+def photo_paths(limit: int) -> list[Path]:
+    sets = [sorted((DATA / "strecha" / "scenes").glob("*/*.jpg")),
+            sorted((DATA / "strecha" / "fullsize").glob("*.jpg")),
+            sorted((DATA / "sacre_coeur" / "mapping").glob("*.jpg")),
+            sorted((DATA / "imagededup_testdata" / "base_images").glob("*.jpg")),
+            sorted((DATA / "sacre_coeur" / "mapping_scale").glob("*.jpg"))]
+    paths = [p for s in sets for p in s][:limit]
+    if len(paths) < 20:
+        raise SystemExit(f"too few photos under {DATA}: this benchmark needs ../shared/data")
+    return paths
 
 
-def forward_rate(encoder, batch_size: int, batches: int) -> float:
-    size = encoder.image_size
-    x = torch.randn(batch_size, 3, size, size)
-    encoder.encode_pixels(x)  # warm-up
-    t = time.perf_counter()
-    for _ in range(batches):
-        encoder.encode_pixels(x)
-    return batch_size * batches / (time.perf_counter() - t)
+def batched(fn, x: np.ndarray, bs: int) -> np.ndarray:
+    return np.concatenate([fn(x[i:i + bs]) for i in range(0, len(x), bs)])
+
+
+def time_in_turns(fns: dict, rounds: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Seconds (median over rounds) of each fn, timed in turns; and each fn's first output."""
+    outs = {name: fn() for name, fn in fns.items()}  # warm-up, and the vectors compared
+    secs: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            secs[name].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in secs.items()}, outs
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", default=DEFAULT_MODEL.split(":")[0])
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", default="ViT-B-32")
+    ap.add_argument("--photos", type=int, default=150)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--copies", type=int, default=2, help="times the photo set is repeated")
-    ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--query-reps", type=int, default=30)
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="export cache (default: a temporary folder, so the export is timed)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "ingest.json")
     args = ap.parse_args()
 
-    model = f"{args.arch}:random"
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "photos"
-        n_files = make_folder(root, args.copies)
-        lib = Library.open(root / ".loupe", model=model, device="cpu")
-        encoder = lib.encoder
-        n_batches = max(2, n_files // args.batch_size)
-        before = forward_rate(encoder, args.batch_size, n_batches)
-        opts = IndexOptions(batch_size=args.batch_size, workers=args.workers)
-        report = lib.index(opts)
-        after = forward_rate(encoder, args.batch_size, n_batches)
-        e2e = report.embedded / report.seconds
-        lib.close()
-        shutil.rmtree(root / ".loupe")
+    import onnxruntime
+    import torch
 
-    forward = statistics.mean([before, after])
+    from loupe.models.openvino import available as openvino_available
+
+    load_before = os.getloadavg()
+    cpu = cpu_info()
+    model = f"{args.arch}:random"
+    ref = load_torch(model, device="cpu")
+    size = ref.image_size
+
+    paths = photo_paths(args.photos)
+    pixels = np.stack([ref.prepare(load_image(p, reduce_to=size)) for p in paths])
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = args.cache or Path(tmp)
+        folder = cache / f"bench-{args.arch}"
+        t = time.perf_counter()
+        manifest = export_model(ref, folder, images=[load_image(p) for p in paths[:8]])
+        export_s = time.perf_counter() - t
+        checks = {tower: manifest["towers"][tower]["check"] for tower in ("image", "text")}
+        onnx_enc = load_exported(folder, backend="onnxruntime", text_cache=0)
+
+        # --- image tower, model only --------------------------------------------------------
+        image_fns = {"torch fp32": lambda: batched(ref.encode_pixels, pixels, args.batch_size)}
+        ort_img = OrtTower(folder / "visual.onnx")
+        image_fns["onnxruntime fp32"] = lambda: batched(
+            lambda b: normalised(ort_img.run(b)), pixels, args.batch_size)
+        notes: dict[str, str] = {}
+        if openvino_available():
+            ov_img = make_tower(folder / "visual.onnx", "openvino", "fp32")
+            image_fns["openvino fp32"] = lambda: batched(
+                lambda b: normalised(ov_img.run(b)), pixels, args.batch_size)
+        else:
+            notes["openvino"] = "not installed"
+        quantize_int8(folder / "visual.onnx", folder / "visual.int8.onnx")
+        int8_img = OrtTower(folder / "visual.int8.onnx")
+        image_fns["onnxruntime int8"] = lambda: batched(
+            lambda b: normalised(int8_img.run(b)), pixels, args.batch_size)
+        if not cpu["vnni"]:
+            notes["int8"] = ("measured anyway: this CPU has no VNNI, so load_encoder refuses "
+                             "precision=int8 here")
+        if cpu["bf16"] and openvino_available():
+            bf16_img = make_tower(folder / "visual.onnx", "openvino", "bf16")
+            image_fns["openvino bf16"] = lambda: batched(
+                lambda b: normalised(bf16_img.run(b)), pixels, args.batch_size)
+        else:
+            notes["bf16"] = "skipped: this CPU has no bf16 instructions" if not cpu["bf16"] \
+                else "skipped: openvino not installed"
+        image_s, image_out = time_in_turns(image_fns, args.rounds)
+
+        reference = image_out["torch fp32"]
+        images = {}
+        for name, secs in image_s.items():
+            row = {"img_s": round(len(pixels) / secs, 2),
+                   "vs_torch": round(image_s["torch fp32"] / secs, 3)}
+            if name != "torch fp32":
+                stats = check.compare(reference, image_out[name])
+                row.update({"mean_cos": stats["mean_cos"], "worst_cos": stats["worst_cos"],
+                            "top10_overlap": stats["top10_overlap"]})
+            images[name] = row
+
+        # --- text tower: a warm short query --------------------------------------------------
+        query = ["red car"]
+        ctx = int(ref.tokenizer.context_length)
+        ids_cut = onnx_enc.tokens(query)
+        ids_pad = pad([list(ids_cut[0])], ctx)
+        torch_cut, torch_pad = ref.tokens(query), ref.tokenizer(query)
+        ort_txt = onnx_enc.text_tower
+
+        def torch_run(ids, cut):
+            def run():
+                with torch.inference_mode():
+                    return (ref.cut_text(ids) if cut else ref.model.encode_text(ids)).numpy()
+            return run
+
+        text_fns = {"torch padded": torch_run(torch_pad, False),
+                    "torch cut": torch_run(torch_cut, True),
+                    "onnxruntime padded": lambda: ort_txt.run(ids_pad),
+                    "onnxruntime cut": lambda: ort_txt.run(ids_cut)}
+        if openvino_available():
+            ov_txt = make_tower(folder / "textual.onnx", "openvino", "fp32")
+            text_fns["openvino padded"] = lambda: ov_txt.run(ids_pad)
+            text_fns["openvino cut"] = lambda: ov_txt.run(ids_cut)
+        text_s, text_out = time_in_turns(text_fns, args.query_reps)
+        want = normalised(text_out["torch padded"])
+        texts = {name: {"ms": round(secs * 1000, 2),
+                        "tokens": int((ids_cut if name.endswith("cut") else ids_pad).shape[1]),
+                        "max_abs_diff_vs_torch_padded": float(
+                            np.abs(normalised(text_out[name]) - want).max())}
+                 for name, secs in text_s.items()}
+        t = time.perf_counter()
+        full = onnx_enc.encode_text(["a photo of a red car parked in front of a church"])
+        end_to_end_ms = (time.perf_counter() - t) * 1000
+        assert full.shape == (1, ref.dim)
+
     result = {
-        "model": model, "batch_size": args.batch_size, "files": n_files,
-        "embedded": report.embedded, "errors": report.errors, "torch_threads": torch.get_num_threads(),
-        "forward_img_s": round(forward, 2), "forward_img_s_before": round(before, 2),
-        "forward_img_s_after": round(after, 2), "end_to_end_img_s": round(e2e, 2),
-        "ratio": round(e2e / forward, 3), "machine": platform.processor() or platform.machine(),
+        "model": model, "photos": len(pixels), "batch_size": args.batch_size,
+        "rounds": args.rounds, "query_reps": args.query_reps,
+        "machine": {"cpu": cpu["model"], "flags": cpu["flags"], "vnni": cpu["vnni"],
+                    "bf16": cpu["bf16"], "cores": os.cpu_count(), "arch": platform.machine(),
+                    "load_avg_before": [round(x, 2) for x in load_before],
+                    "load_avg_after": [round(x, 2) for x in os.getloadavg()]},
+        "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+                     "torch_threads": torch.get_num_threads()},
+        "export_and_check_s": round(export_s, 1),
+        "export_checks": {k: {m: v[m] for m in ("ok", "n", "mean_cos", "worst_cos")}
+                          for k, v in checks.items()},
+        "image_tower": images,
+        "text_query": texts,
+        "text_query_onnx_with_tokenizer_ms": round(end_to_end_ms, 2),
+        "notes": notes,
     }
-    print(f"{'model':<22}{'files':>7}{'forward img/s':>15}{'end-to-end img/s':>18}{'ratio':>8}")
-    print(f"{model:<22}{n_files:>7}{forward:>15.2f}{e2e:>18.2f}{e2e / forward:>8.3f}")
+    if openvino_available():
+        import openvino
+
+        result["versions"]["openvino"] = openvino.__version__
+
+    print(f"{model} on {len(pixels)} photos; CPU {cpu['model']} ({', '.join(cpu['flags'])}); "
+          f"load {result['machine']['load_avg_before']} -> {result['machine']['load_avg_after']}")
+    print(f"export + check of both towers: {export_s:.1f} s")
+    print(f"{'image tower':<20}{'img/s':>9}{'x torch':>9}{'mean cos':>12}{'worst cos':>12}{'top-10':>8}")
+    for name, r in images.items():
+        extra = (f"{r['mean_cos']:>12.6f}{r['worst_cos']:>12.6f}{r['top10_overlap']:>8.3f}"
+                 if "mean_cos" in r else "")
+        print(f"{name:<20}{r['img_s']:>9.2f}{r['vs_torch']:>9.2f}{extra}")
+    print(f"{'query (red car)':<20}{'ms':>9}{'tokens':>9}{'max |diff|':>12}")
+    for name, r in texts.items():
+        print(f"{name:<20}{r['ms']:>9.2f}{r['tokens']:>9}{r['max_abs_diff_vs_torch_padded']:>12.2e}")
+    for k, v in notes.items():
+        print(f"note ({k}): {v}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

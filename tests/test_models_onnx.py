@@ -30,6 +30,12 @@ def photos(n: int) -> list[Image.Image]:
     return [Image.open(f).convert("RGB") for f in files]
 
 
+@pytest.fixture(autouse=True)
+def no_backend_override(monkeypatch):
+    """These tests are about backend="auto": a suite-wide LOUPE_BACKEND must not decide it."""
+    monkeypatch.delenv("LOUPE_BACKEND", raising=False)
+
+
 @pytest.fixture(scope="module")
 def ref():
     return load_torch(TINY, device="cpu")
@@ -130,6 +136,7 @@ out["open_clip"] = "open_clip" in sys.modules
 print(json.dumps(out))
 """
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env.pop("LOUPE_BACKEND", None)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                        timeout=300)
     assert r.returncode == 0, r.stderr
@@ -250,6 +257,15 @@ def test_auto_on_a_cpu_uses_an_export_and_measures_openvino_once(exported):
     assert again.backend == want and read_manifest(folder)["speed"] == speeds
 
 
+def test_backend_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("LOUPE_BACKEND", "torch")
+    enc = load_encoder(TINY, device="cpu", towers=("text",), cache_dir=tmp_path)
+    assert enc.backend == "torch" and not any(tmp_path.iterdir())  # nothing exported
+    monkeypatch.setenv("LOUPE_BACKEND", "tensorrt")
+    with pytest.raises(ModelError, match="unknown backend"):
+        load_encoder(TINY, device="cpu", cache_dir=tmp_path)
+
+
 def test_bad_names_are_refused_before_any_work(tmp_path):
     with pytest.raises(ModelError, match="unknown backend"):
         load_encoder(TINY, backend="tensorrt")
@@ -259,3 +275,15 @@ def test_bad_names_are_refused_before_any_work(tmp_path):
         load_encoder(TINY, towers=("audio",))
     with pytest.raises(ModelError, match="weights not found"):
         load_encoder("loupe-tiny", weights=tmp_path / "nope.pt", device="cpu", cache_dir=tmp_path)
+
+
+@pytest.mark.slow
+def test_vit_b_32_export_equals_torch_on_real_photos(tmp_path):
+    """The realistic architecture (random weights): export, check, compare on 24 photos."""
+    big = load_torch("ViT-B-32:random", device="cpu")
+    enc = load_encoder("ViT-B-32:random", device="cpu", backend="onnxruntime", cache_dir=tmp_path)
+    assert enc.backend == "onnxruntime"
+    ims = photos(12)
+    assert cosines(enc.encode_images(ims), big.encode_images(ims)).min() >= 0.9999
+    assert cosines(enc.encode_text(TEXTS), big.encode_text_padded(TEXTS)).min() >= 0.9999
+    assert enc.tokens(["red car"]).shape == (1, 4)

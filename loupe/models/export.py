@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import shutil
 import warnings
 from collections.abc import Iterable, Sequence
@@ -45,7 +46,7 @@ def _torch_export(module: Any, example: Any, path: Path, input_name: str,
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fast = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # export the plain attention ops
     try:

@@ -11,6 +11,7 @@ towers from the cache (exported and checked against torch on first use, which ne
 installed and measured faster on this CPU. If an export cannot be used (it failed its check,
 or the tokenizer has no torch-free twin) auto falls back to torch and says why in
 `enc.report["fallback"]`; an explicit backend="onnxruntime"/"openvino" refuses instead.
+$LOUPE_BACKEND, when set, replaces "auto" (e.g. torch, to never export).
 
 precision="int8" / "bf16" (opt-in, CPU only) runs quantised / bf16 towers where the CPU has
 VNNI / bf16 instructions; their agreement with fp32 and speed are in `enc.report["reduced"]`.
@@ -18,9 +19,11 @@ VNNI / bf16 instructions; their agreement with fp32 and speed are in `enc.report
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,8 @@ from loupe.models.text import pad
 
 log = logging.getLogger("loupe.models")
 ALL_BACKENDS = ("auto", "torch", *BACKENDS)
+# Overrides backend="auto" (e.g. LOUPE_BACKEND=torch where exporting is not wanted).
+BACKEND_ENV = "LOUPE_BACKEND"
 # OpenVINO replaces ONNX Runtime under backend="auto" only when it measured this much faster.
 OPENVINO_MIN_SPEEDUP = 1.1
 
@@ -74,7 +79,15 @@ def load_encoder(name: str, weights: str | Path | None = None, device: str = "au
                            backend="onnxruntime" if backend == "auto" else backend,
                            cache_dir=cache_dir, threads=threads, text_cache=text_cache)
 
-    on_cpu = device == "cpu" or (device == "auto" and auto_is_cpu())
+    if backend == "auto":  # Immich models are exports: the override is for open_clip ones
+        backend = os.environ.get(BACKEND_ENV) or "auto"
+        if backend not in ALL_BACKENDS:
+            raise ModelError(f"unknown backend {backend!r} in ${BACKEND_ENV}: use one of "
+                             f"{', '.join(ALL_BACKENDS)}")
+    if backend == "torch" and precision != "fp32":
+        raise ModelError(f"precision {precision} is for the exported backends (onnxruntime, "
+                         "openvino), not torch")
+    on_cpu = device == "cpu" or (device == "auto" and _auto_is_cpu())
     if backend == "torch" or (backend == "auto" and not on_cpu and precision == "fp32"):
         return _torch(name, weights, device, towers, truncate_text, cache_dir, text_cache)
     if not on_cpu:
@@ -96,8 +109,15 @@ def load_encoder(name: str, weights: str | Path | None = None, device: str = "au
                              "or use an exported model (e.g. immich:ViT-B-32__openai)")
         from loupe.models.export import export_model
 
-        ref = _torch(name, weights, "cpu", towers, truncate_text, cache_dir, text_cache)
-        manifest = export_model(ref, folder, missing, images=check_images)
+        with _export_lock(folder):  # another process may be exporting the same model
+            manifest = read_manifest(folder)
+            missing = [t for t in sorted(towers) if tower_status(manifest, t) == "missing"]
+            ref = None
+            if missing:
+                ref = _torch(name, weights, "cpu", towers, truncate_text, cache_dir, text_cache)
+                log.warning("exporting %s (%s) for the %s backend: once per model",
+                            name, " and ".join(missing), backend)
+                manifest = export_model(ref, folder, missing, images=check_images)
     else:
         ref = None
     failed = {t: manifest["towers"][t]["check"].get("why", "failed its check")
@@ -129,6 +149,31 @@ def load_encoder(name: str, weights: str | Path | None = None, device: str = "au
     return load_exported(folder, towers, runtime, precision, threads, text_cache)
 
 
+def _auto_is_cpu() -> bool:
+    if auto_is_cpu():
+        return True  # decided without importing torch
+    from loupe.models.device import resolve_device
+
+    return resolve_device("auto").type == "cpu"
+
+
+@contextlib.contextmanager
+def _export_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on `folder` across processes (POSIX; elsewhere a no-op)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(folder / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _torch(name: str, weights: Any, device: str, towers: frozenset[str], truncate_text: bool,
            cache_dir: Any, text_cache: int) -> BaseEncoder:
     from loupe.models.openclip import load_encoder as load_torch
@@ -141,9 +186,10 @@ def _check_cpu_for(precision: str) -> None:
     cpu = cpu_info()
     need = {"int8": "vnni", "bf16": "bf16"}[precision]
     if not cpu[need]:
+        why = {"int8": "without them int8 kernels multiply in 16 bits, which can saturate",
+               "bf16": "without them bf16 is emulated"}[precision]
         raise ModelError(f"precision {precision} needs {need.upper()} instructions, which this CPU "
-                         f"({cpu['model']}; {', '.join(cpu['flags']) or 'no AVX'}) lacks: "
-                         "it would be slower than fp32 here")
+                         f"({cpu['model']}; {', '.join(cpu['flags']) or 'no AVX'}) lacks ({why})")
 
 
 def _probe_inputs(folder: Path, manifest: dict[str, Any], tower: str,
