@@ -1,10 +1,12 @@
-"""Text-query latency, encode + first-stage search, at 10k and 100k stored vectors.
+"""Text-query latency, encode + first-stage search, at 10k, 100k and 1M stored vectors.
 
-The library is filled with random unit vectors of the default model's size
-(512-d) under fake paths; queries are encoded by the default architecture
-with random weights (the text tower costs what it costs, trained or not).
+The library is filled with vectors of the default model's size (512-d) shaped like
+CLIP embeddings (clustered, low intrinsic dimension: benchmarks/ann.py's generator)
+under fake paths; the search index is the one the library chooses by size. Queries
+are encoded by the default architecture with random weights (the text tower costs
+what it costs, trained or not).
 
-    python benchmarks/search.py                  # 10k and 100k, 200 queries each
+    python benchmarks/search.py                  # 10k, 100k and 1M, 200 queries each
     python benchmarks/search.py --sizes 1000 --queries 20 --arch loupe-tiny
 """
 
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,19 +26,23 @@ from loupe.core.config import DEFAULT_MODEL
 from loupe.library import Library
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))          # the vector generator of ann.py
 WORDS = ("red", "bicycle", "night", "dog", "beach", "mountain", "snow", "city", "street", "cat",
          "portrait", "sunset", "forest", "river", "car", "market", "bridge", "child", "kite", "boat")
 
 
 def fill(lib: Library, n: int, seed: int = 0) -> float:
+    """n vectors with the structure of CLIP embeddings (clustered, low intrinsic dimension:
+    benchmarks/ann.py's generator), added through `Library.add_embedded`."""
+    from ann import make_space, sample
+
     dim = lib.encoder.dim
-    rng = np.random.default_rng(seed)
+    space = make_space(dim, intrinsic=min(64, dim // 2))
     t = time.perf_counter()
 
     def rows():
-        for start in range(0, n, 10_000):
-            block = rng.normal(size=(min(10_000, n - start), dim)).astype(np.float32)
-            block /= np.linalg.norm(block, axis=1, keepdims=True)
+        for start in range(0, n, 50_000):
+            block = sample(space, min(50_000, n - start), seed=seed + start)
             for j, vec in enumerate(block):
                 i = start + j
                 yield (f"img/{i // 1000:03d}/{i:07d}.jpg", f"{i:064x}", vec,
@@ -67,7 +75,7 @@ def percentile(xs: list[float], p: float) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", default=DEFAULT_MODEL.split(":")[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "search.json")
@@ -82,13 +90,14 @@ def main() -> None:
             lib = Library.open(Path(tmp) / "photos" / ".loupe", model=f"{args.arch}:random", device="cpu")
             fill_s = fill(lib, n)
             t = time.perf_counter()
-            index = lib.snapshot()  # from SQLite: what the first search after a change pays
+            lib.refresh()           # from SQLite: the index built, what the first search after a change pays
             load_s = time.perf_counter() - t
+            index = lib.stats()["index"]
             lib.save_vectors()      # what `loupe index` leaves behind for the next process
             lib.close()
             lib = Library.open(Path(tmp) / "photos" / ".loupe", device="cpu")
             t = time.perf_counter()
-            lib.snapshot()
+            lib.refresh()           # from the saved index: nothing built
             saved_s = time.perf_counter() - t
             lib.search(texts[0], k=args.k)  # warm-up
             encode, search, total = [], [], []
@@ -103,7 +112,8 @@ def main() -> None:
                 total.append(t2 - t0)
             refresh = refresh_times(lib, batches=5)
             rows.append({
-                "vectors": n, "index": index.kind, "queries": len(texts), "k": args.k,
+                "vectors": n, "index": index["spec"], "recall_at_10": index.get("recall_at_10"),
+                "index_ram_bytes": index.get("ram_bytes"), "queries": len(texts), "k": args.k,
                 "p50_ms": percentile(total, 50), "p99_ms": percentile(total, 99),
                 "encode_p50_ms": percentile(encode, 50), "search_p50_ms": percentile(search, 50),
                 "search_p99_ms": percentile(search, 99), "load_sqlite_s": load_s,
@@ -112,15 +122,20 @@ def main() -> None:
             })
             lib.close()
 
-    print(f"{'vectors':>9} {'index':<12}{'p50 ms':>9}{'p99 ms':>9}{'encode p50':>12}{'search p50':>12}"
+    print(f"{'vectors':>9} {'index':<24}{'p50 ms':>9}{'p99 ms':>9}{'encode p50':>12}{'search p50':>12}"
           f"{'search p99':>12}{'load: sqlite / saved s':>24}{'refresh s':>11}")
     for r in rows:
-        print(f"{r['vectors']:>9} {r['index']:<12}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
+        print(f"{r['vectors']:>9} {r['index']:<24}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
               f"{r['encode_p50_ms']:>12.1f}{r['search_p50_ms']:>12.2f}{r['search_p99_ms']:>12.2f}"
               f"{r['load_sqlite_s']:>15.2f} / {r['load_saved_s']:.3f}"
               f"{r['refresh_after_batch_s_median']:>11.3f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"model": f"{args.arch}:random", "results": rows}, indent=2) + "\n")
+    machine = {"cpu": next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
+                            if ln.startswith("model name")), "?"), "cores": os.cpu_count(),
+               "load_average_after": os.getloadavg()}
+    args.out.write_text(json.dumps({"model": f"{args.arch}:random", "machine": machine,
+                                    "command": "python benchmarks/search.py " + " ".join(sys.argv[1:]),
+                                    "results": rows}, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 
