@@ -172,6 +172,9 @@ class MemoSpatial(Spatial):
         return self._verified[key]
 
 
+SIDES = ("query", "gallery", "both")
+
+
 def section_cutoff(data: dict, tmp: Path, spatial_depth: int) -> dict:
     paths, groups, vecs = data["paths"], data["groups"], data["vectors"]
     store = MemoryStore(paths, vecs, tmp)
@@ -183,11 +186,11 @@ def section_cutoff(data: dict, tmp: Path, spatial_depth: int) -> dict:
     syn = [(f"synthetic-{i}", im) for i, im in enumerate(synthetic_images())]
     strecha = data["strecha"]
     buildings = sorted(set(groups[strecha].tolist()))
-    thresholds = [2.0, 2.5, 3.0, 3.5, 4.0, 5.0]
     default = Cutoff()
-    label_all = Cutoff(depth=len(paths), keep=True)
+    labellers = {side: Cutoff(keep=True, side=side) for side in SIDES}
+    labellers["query, median"] = Cutoff(keep=True, statistic="median")
     rows = []
-    t_first, t_spatial = [], []
+    t_first, t_spatial, t_cut = [], [], []
     images = {int(i): Image.open(paths[i]).convert("RGB")
               for i in list(strecha[::2]) + list(data["queries_sc"])}
     for held in buildings:
@@ -207,78 +210,83 @@ def section_cutoff(data: dict, tmp: Path, spatial_depth: int) -> dict:
                 else set()
             query = Query(vector=q, image=image, exclude_ids=frozenset(exclude))
             t0 = time.perf_counter()
-            first = store.search_vector(q, len(paths), exclude=exclude)
+            first = store.search_vector(q, default.depth, exclude=exclude)
             t_first.append(time.perf_counter() - t0)
-            z = label_all.rerank(query, first, store).confidence
             t0 = time.perf_counter()
-            verified_list = pipeline.apply([spatial], query, first, store)
+            spatial_first = pipeline.apply([spatial], query, first, store)
             t_spatial.append(time.perf_counter() - t0)
-            kept_plain = default.rerank(query, first.head(default.depth), store)
-            kept_spatial = default.rerank(query, verified_list.head(default.depth), store)
-            s = store.vectors(first.ids) @ q
+            t0 = time.perf_counter()
+            default.rerank(query, spatial_first, store)
+            t_cut.append(time.perf_counter() - t0)
+            # Per query: each calibration's z over the head in spatial's order, spatial's marks,
+            # relevance; any threshold is then evaluated exactly as the stage decides.
+            z = {name: stage.rerank(query, spatial_first, store).confidence
+                 for name, stage in labellers.items()}
+            s = store.vectors(spatial_first.ids) @ q
             rows.append({
                 "held": held, "kind": kind, "has_relevant": bool(relevant),
-                "raw_top": float(s.max()), "z_top": float(z.max()),
-                "z_median_top": float(Cutoff(statistic="median", depth=len(paths), keep=True)
-                                      .rerank(query, first.head(1), store).confidence[0]),
-                "top_relevant": bool(first.ids[0] in relevant),
-                "answered": len(kept_plain) > 0,
-                "first_kept_relevant": bool(len(kept_plain) and kept_plain.ids[0] in relevant),
-                "answered_spatial": len(kept_spatial) > 0,
-                "first_kept_relevant_spatial": bool(len(kept_spatial)
-                                                    and kept_spatial.ids[0] in relevant),
-                "verified_top_inliers": float(verified_list.scores[0])
-                if verified_list.boxes[0] is not None else 0.0,
+                "z": z, "raw": s, "verified": verified_mask(spatial_first),
+                "inliers": np.where(verified_mask(spatial_first), spatial_first.scores, 0.0),
+                "relevant": np.isin(spatial_first.ids, list(relevant)),
             })
         print(f"  cut-off: held out {held}", flush=True)
     has = np.array([r["has_relevant"] for r in rows])
 
-    def pr(answered: np.ndarray, correct_first: np.ndarray | None = None) -> dict:
+    def decide(side: str, t: float, with_spatial: bool) -> dict:
+        answered = np.zeros(len(rows), bool)
+        first_ok = np.zeros(len(rows), bool)
+        for k, r in enumerate(rows):
+            keep = r["z"][side] >= t
+            if with_spatial:
+                keep = keep | r["verified"]
+            answered[k] = keep.any()
+            first_ok[k] = answered[k] and r["relevant"][np.flatnonzero(keep)[0]]
         tp = int((answered & has).sum())
-        out = {"precision": tp / max(int(answered.sum()), 1), "recall": tp / int(has.sum()),
-               "answered": int(answered.sum())}
-        if correct_first is not None:
-            out["first_kept_relevant_of_answered"] = float(correct_first.sum()
-                                                            / max(int(answered.sum()), 1))
-        return out
+        return {"precision": tp / max(int(answered.sum()), 1), "recall": tp / int(has.sum()),
+                "answered": int(answered.sum()),
+                "first_kept_relevant_of_answered": float(first_ok.sum()
+                                                          / max(int(answered.sum()), 1))}
 
-    sweep = []
-    for t in thresholds:
-        answered = np.array([r["z_top"] >= t for r in rows])
-        sweep.append({"threshold": t, **pr(answered)})
-    ans = np.array([r["answered"] for r in rows])
-    ans_sp = np.array([r["answered_spatial"] for r in rows])
+    thresholds = [1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0]
+    auc_rows = {"raw cosine": auc([r["raw"].max() for r in rows], has),
+                "inliers of the best verified result (spatial)":
+                    auc([r["inliers"].max() for r in rows], has)}
+    for name in labellers:
+        auc_rows[f"z, {name} side" if name in SIDES else f"z, {name}"] = auc(
+            [r["z"][name].max() for r in rows], has)
     kinds = sorted({r["kind"] for r in rows})
     return {
         "queries": len(rows),
         "with_relevant": int(has.sum()),
         "without_relevant": int((~has).sum()),
-        "default": default.params(),
-        "spatial_depth": spatial_depth,
-        "auc_has_relevant": {
-            "raw cosine of the top result": auc([r["raw_top"] for r in rows], has),
-            "z (mean, std) of the top result": auc([r["z_top"] for r in rows], has),
-            "z (median, MAD) of the top result": auc([r["z_median_top"] for r in rows], has),
-            "inliers of the top verified result": auc([r["verified_top_inliers"] for r in rows],
-                                                      has),
-        },
+        "default": {k: v for k, v in default.params().items() if k != "text_bank"},
+        "spatial": {"depth": spatial_depth, "decision": spatial.decision},
+        "auc_has_relevant": auc_rows,
         "at_default": {
-            "z only": pr(ans, np.array([r["first_kept_relevant"] for r in rows])),
-            "z or verified (spatial first)": pr(
-                ans_sp, np.array([r["first_kept_relevant_spatial"] for r in rows])),
+            f"z ({default.side} side) only": decide(default.side, default.threshold, False),
+            f"z ({default.side} side) or verified (spatial first)":
+                decide(default.side, default.threshold, True),
+            "verified only (spatial first)": decide(default.side, np.inf, True),
         },
-        "z_sweep": sweep,
-        "z_top_by_kind_p10_p50_p90": {
-            k: np.percentile([r["z_top"] for r in rows if r["kind"] == k], [10, 50, 90]).round(2)
-            .tolist() for k in kinds},
-        "answered_rate_by_kind": {
-            k: {"z": float(np.mean([r["answered"] for r in rows if r["kind"] == k])),
-                "z or verified": float(np.mean([r["answered_spatial"] for r in rows
-                                                if r["kind"] == k]))} for k in kinds},
+        "sweep": {side: [{"threshold": t, **decide(side, t, False)} for t in thresholds]
+                  for side in SIDES},
+        "sweep_with_spatial": {side: [{"threshold": t, **decide(side, t, True)}
+                                      for t in thresholds] for side in SIDES},
+        "best_z_by_kind_p10_p50_p90": {
+            side: {k: np.percentile([r["z"][side].max() for r in rows if r["kind"] == k],
+                                    [10, 50, 90]).round(2).tolist() for k in kinds}
+            for side in SIDES},
         "first_stage_ms_median": 1000 * float(np.median(t_first)),
+        "cutoff_ms_median": 1000 * float(np.median(t_cut)),
         "spatial_ms_median_memoised": 1000 * float(np.median(t_spatial)),
         "local_features_s": features_s,
     }
+
+
+def verified_mask(candidates) -> np.ndarray:
+    from loupe.search.stages.cutoff import verified
+
+    return verified(candidates)
 
 
 def _small(image: Image.Image) -> Image.Image:
@@ -620,19 +628,27 @@ def tables(result: dict) -> str:
     c = result.get("cutoff")
     if c:
         lines += [f"## Cut-off: {c['queries']} queries ({c['with_relevant']} with a relevant "
-                  f"result, {c['without_relevant']} without); default {c['default']}", "",
-                  "| detector | AUC of 'has a relevant result' |", "| --- | ---: |"]
+                  f"result, {c['without_relevant']} without); default {c['default']}; "
+                  f"spatial {c['spatial']}", "",
+                  "| detector (best result of the head) | AUC of 'has a relevant result' |",
+                  "| --- | ---: |"]
         lines += [f"| {k} | {v:.3f} |" for k, v in c["auc_has_relevant"].items()]
         lines += ["", "| at the default | precision | recall | answered | first kept relevant |",
                   "| --- | ---: | ---: | ---: | ---: |"]
         for k, v in c["at_default"].items():
             lines.append(f"| {k} | {v['precision']:.3f} | {v['recall']:.3f} | {v['answered']} | "
                          f"{v['first_kept_relevant_of_answered']:.3f} |")
-        lines += ["", "| z threshold | precision | recall | answered |", "| ---: | ---: | ---: | ---: |"]
-        lines += [f"| {r['threshold']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['answered']} |"
-                  for r in c["z_sweep"]]
-        lines += ["", "answered rate by query kind: " + json.dumps(c["answered_rate_by_kind"]),
-                  "top z by kind (p10, p50, p90): " + json.dumps(c["z_top_by_kind_p10_p50_p90"]), ""]
+        for title, key in (("z alone", "sweep"), ("z or verified", "sweep_with_spatial")):
+            lines += ["", f"{title}: precision / recall (answered) per threshold", "",
+                      "| threshold | " + " | ".join(f"{s} side" for s in c[key]) + " |",
+                      "| ---: |" + " ---: |" * len(c[key])]
+            for n, t in enumerate(c[key]["query"]):
+                cells = [f"{c[key][s][n]['precision']:.3f} / {c[key][s][n]['recall']:.3f} "
+                         f"({c[key][s][n]['answered']})" for s in c[key]]
+                lines.append(f"| {t['threshold']} | " + " | ".join(cells) + " |")
+        lines += ["", "best z by query kind (p10, p50, p90): "
+                  + json.dumps(c["best_z_by_kind_p10_p50_p90"]),
+                  f"cut-off {c['cutoff_ms_median']:.1f} ms median per query (243 images)", ""]
     d = result.get("dups")
     if d:
         for name, r in d.items():
@@ -727,9 +743,16 @@ def main() -> None:
     result["load_average_1min_start_end"] = [load_start, os.getloadavg()[0]]
     print(tables(result))
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    run = {k: result[k] for k in ("command", "machine", "load_average_1min_start_end")}
+    run["sections"] = wanted
+    result["runs"] = [run]
     if args.out.exists() and set(wanted) != set(SECTIONS):   # keep the sections not re-run
         old = json.loads(args.out.read_text())
-        result = {**old, **result}
+        old_runs = old.get("runs") or [{k: old[k] for k in
+                                        ("command", "machine", "load_average_1min_start_end")
+                                        if k in old} | {"sections": [s for s in SECTIONS
+                                                                     if s in old]}]
+        result = {**old, **result, "runs": old_runs + [run]}
     args.out.write_text(json.dumps(result, indent=2, default=float) + "\n")
     print(f"wrote {args.out}")
 

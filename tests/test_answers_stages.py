@@ -71,7 +71,7 @@ def test_cutoff_confidence_is_z_over_the_gallery_sample() -> None:
     store = VectorStore(unit_rows(rng, 300, 16))
     q = unit_rows(rng, 1, 16)[0]
     first = store.search_vector(q, 50)
-    stage = Cutoff(keep=True, sample=1000)          # sample larger than the gallery: all of it
+    stage = Cutoff(keep=True, sample=1000, side="query")          # sample larger than the gallery: all of it
     out = stage.rerank(Query(vector=q), first, store)
     np.testing.assert_array_equal(out.ids, first.ids)
     np.testing.assert_allclose(out.confidence, hand_z(store, q, first.ids, store.ids()), atol=1e-5)
@@ -88,7 +88,7 @@ def test_cutoff_sample_is_fixed_and_leaves_out_the_query_image() -> None:
     own = int(ids[0])
     q = store.vectors([own])[0]
     first = store.search_vector(q, 20, exclude=(own,))
-    out = Cutoff(keep=True, sample=100, seed=3).rerank(
+    out = Cutoff(keep=True, sample=100, seed=3, side="query").rerank(
         Query(vector=q, exclude_ids=frozenset({own})), first, store)
     expected = hand_z(store, q, first.ids, ids[ids != own])
     np.testing.assert_allclose(out.confidence, expected, atol=1e-5)
@@ -99,7 +99,7 @@ def test_cutoff_median_statistic() -> None:
     store = VectorStore(unit_rows(rng, 101, 8))
     q = unit_rows(rng, 1, 8)[0]
     first = store.search_vector(q, 10)
-    out = Cutoff(keep=True, statistic="median").rerank(Query(vector=q), first, store)
+    out = Cutoff(keep=True, statistic="median", side="query").rerank(Query(vector=q), first, store)
     scores = np.sort(store.matrix.astype(np.float64) @ q)
     med = scores[50]                                          # 101 values: the 51st
     mad = np.sort(np.abs(scores - med))[50]
@@ -117,11 +117,11 @@ def test_cutoff_never_drops_a_result_that_clears_the_threshold(threshold: float)
     z_all = hand_z(store, q, store.ids(), store.ids())
     cleared = set(store.ids()[z_all >= threshold].tolist())
     assert 0 < len(cleared) < 400
-    result = pipeline.run(Query(vector=q), store, k=400, stages=[Cutoff(threshold=threshold,
-                                                                        depth=400)])
+    result = pipeline.run(Query(vector=q), store, k=400,
+                          stages=[Cutoff(threshold=threshold, depth=400, side="query")])
     assert set(result.ids.tolist()) == cleared       # all that clear it; none that do not
-    kept = Cutoff(threshold=threshold, depth=400).rerank(Query(vector=q),
-                                                         store.search_vector(q, 400), store)
+    kept = Cutoff(threshold=threshold, depth=400, side="query").rerank(
+        Query(vector=q), store.search_vector(q, 400), store)
     assert np.all(kept.confidence >= threshold - 1e-6)
 
 
@@ -132,13 +132,14 @@ def test_cutoff_with_no_confident_match_returns_nothing() -> None:
     first = store.search_vector(q, 100)
     z = hand_z(store, q, first.ids[:1], store.ids())[0]
     assert z < 4.0
-    assert len(Cutoff(threshold=4.0).rerank(Query(vector=q), first, store)) == 0
-    assert len(pipeline.run(Query(vector=q), store, k=10, stages=[Cutoff(threshold=4.0)])) == 0
+    assert len(Cutoff(threshold=4.0, side="query").rerank(Query(vector=q), first, store)) == 0
+    assert len(pipeline.run(Query(vector=q), store, k=10,
+                            stages=[Cutoff(threshold=4.0, side="query")])) == 0
 
 
-def test_cutoff_keeps_what_spatial_verified_and_keep_drops_nothing() -> None:
+def test_cutoff_keeps_what_spatial_verified_and_keep_drops_nothing(tmp_path) -> None:
     rng = np.random.default_rng(6)
-    store = VectorStore(unit_rows(rng, 200, 16))
+    store = VectorStore(unit_rows(rng, 200, 16), tmp_path)
     q = unit_rows(rng, 1, 16)[0]
     first = store.search_vector(q, 20)
     # As Spatial leaves it: verified candidates first, inlier counts as scores, with boxes.
@@ -146,15 +147,57 @@ def test_cutoff_keeps_what_spatial_verified_and_keep_drops_nothing() -> None:
     scores[:2] = [40.0, 16.0]
     boxes = [(0.0, 0.0, 5.0, 5.0), (1.0, 1.0, 4.0, 4.0)] + [None] * 18
     verified = Candidates(first.ids, scores, boxes)
-    out = Cutoff(threshold=50.0, inliers=15).rerank(Query(vector=q), verified, store)
+    out = Cutoff(threshold=50.0).rerank(Query(vector=q), verified, store)
     np.testing.assert_array_equal(out.ids, first.ids[:2])
     assert out.boxes == boxes[:2]
     np.testing.assert_array_equal(out.scores, [40.0, 16.0])      # scores are left as they came
     fewer = Cutoff(threshold=50.0, inliers=20).rerank(Query(vector=q), verified, store)
     np.testing.assert_array_equal(fewer.ids, first.ids[:1])
+    unboxed = Candidates(first.ids, scores, [None] * 20)        # not spatial's mark: z decides
+    assert len(Cutoff(threshold=50.0).rerank(Query(vector=q), unboxed, store)) == 0
     everything = Cutoff(threshold=50.0, keep=True).rerank(Query(vector=q), first, store)
     np.testing.assert_array_equal(everything.ids, first.ids)
     assert np.all(everything.confidence < 50.0)
+
+
+def hand_gallery_z(store: VectorStore, q: np.ndarray, ids, bank_ids, exclude=()) -> np.ndarray:
+    """z of s(q, d) among the scores the bank's queries give d (d itself and `exclude` left out)."""
+    out = []
+    for d in ids:
+        v = store.vectors([d])[0]
+        cohort = [float(np.dot(store.vectors([b])[0], v)) for b in bank_ids
+                  if b != d and b not in exclude]
+        mu = sum(cohort) / len(cohort)
+        sigma = (sum((x - mu) ** 2 for x in cohort) / len(cohort)) ** 0.5
+        out.append((float(np.dot(v, q)) - mu) / sigma)
+    return np.array(out)
+
+
+def test_cutoff_gallery_side_and_both_by_hand(tmp_path) -> None:
+    rng = np.random.default_rng(18)
+    store = VectorStore(unit_rows(rng, 150, 12), tmp_path)
+    bank = sample_ids(store, 100, seed=2)
+    own = int(bank[5])                   # a query by an indexed image that the bank holds
+    q = store.vectors([own])[0]
+    query = Query(vector=q, exclude_ids=frozenset({own}))
+    first = store.search_vector(q, 30, exclude=(own,))
+    gallery = Cutoff(keep=True, sample=100, seed=2, side="gallery").rerank(query, first, store)
+    expected = hand_gallery_z(store, q, first.ids, bank, exclude={own})
+    np.testing.assert_allclose(gallery.confidence, expected, atol=1e-4)
+    both = Cutoff(keep=True, sample=100, seed=2, side="both").rerank(query, first, store)
+    query_side = hand_z(store, q, first.ids, bank[bank != own])
+    np.testing.assert_allclose(both.confidence, (expected + query_side) / 2, atol=1e-4)
+    cut = Cutoff(threshold=1.0, sample=100, seed=2).rerank(query, first, store)
+    np.testing.assert_array_equal(cut.ids, first.ids[expected >= 1.0])
+    assert 0 < len(cut) < len(first)
+    text = Query(vector=q, text="a cat")
+    with pytest.raises(ValueError, match="text query bank"):
+        Cutoff().rerank(text, first, store)
+    captions = QueryBank(unit_rows(rng, 40, 12), np.full(40, -1))
+    by_text = Cutoff(keep=True, text_bank=captions).rerank(text, first, store)
+    sims = store.vectors(first.ids).astype(np.float64) @ captions.vectors.T.astype(np.float64)
+    want = (store.vectors(first.ids) @ q - sims.mean(1)) / sims.std(1)
+    np.testing.assert_allclose(by_text.confidence, want, atol=1e-4)
 
 
 def test_gallery_ids_of_the_project_stores(tmp_path) -> None:
@@ -355,6 +398,8 @@ def test_activation_set_and_the_stage(tmp_path) -> None:
         expected.add(max(scores, key=scores.get))
     assert set(activation_set(store, bank).tolist()) == expected == set(bank.hubs.tolist())
     assert image_bank(store, 30, seed=1, hubs=True) is bank          # kept per gallery
+    saved = list((tmp_path / "hubness").glob("image-bank-*.npy"))
+    assert len(saved) == 1 and set(np.load(saved[0]).tolist()) == expected   # and on disk
     q = unit_rows(rng, 1, 6)[0]
     first = store.search_vector(q, 40)
     out = Hubness(temperature=0.1, mode="full", bank_size=30, seed=1).rerank(

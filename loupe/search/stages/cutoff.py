@@ -7,15 +7,28 @@ calibrated score of a result d for the query q is
 
 with mu_q and sigma_q the mean and standard deviation of the query's scores
 against a fixed random sample of the gallery (`sample` ids drawn with `seed`;
-the query's own id, for a query by an indexed image, is left out). Results
-with z below `threshold` are dropped, so a query whose best z is below it
-returns nothing, and a result whose z clears it is never dropped.
+the query's own id, for a query by an indexed image, is left out): `side="query"`,
+shared/methods.md's definition. Results with z below `threshold` are dropped, so
+a query whose best z is below it returns nothing, and a result whose z clears it
+is never dropped.
+
+`side="gallery"` calibrates from the result's side instead (Z-norm in speaker
+verification): z(q, d) = (s(q, d) - mu_d) / sigma_d with mu_d and sigma_d over the
+scores d gets from a bank of typical queries (`hubness.QueryBank`: for an image
+query the same gallery sample, used as queries, without d itself; for a text query
+generic captions, `text_bank`, which the library makes once per model). "How
+unusually close is this query to d, for d" instead of "how unusually close is d,
+for this query". `side="both"` averages the two (S-norm). On the labelled photos
+of benchmarks/answers.py the gallery side separates queries with and without a
+relevant result far better than the query side (whose sigma_q a dense cluster of
+relevant images inflates); the benchmark gives the numbers.
 
 s is the cosine q . d recomputed from the stored vectors, whatever the stages
 before did to the scores (their order is kept). Where spatial verification ran
-just before, a result it verified (a box, and a score of at least `inliers`,
-which no cosine reaches) is kept whatever its z: the geometry is evidence of
-its own.
+just before, a result it verified is kept whatever its z: the geometry is
+evidence of its own. `Spatial` marks what it verified with a box and its inlier
+count as the score (above any cosine); `inliers` > 0 asks for at least that many
+on top of its own decision.
 
 `keep=True` drops nothing and only labels: what "show everything" (`--all`)
 asks for. The calibrated scores travel as the candidates' `confidence`.
@@ -33,26 +46,36 @@ from loupe.core.types import Candidates, Query
 from loupe.search.stages.base import Reranker, Store, check_positive
 
 STATISTICS = ("mean", "median")
+SIDES = ("query", "gallery", "both")
 
 
 @dataclass
 class Cutoff(Reranker):
-    """Calibrated confidence z = (s - mu_q) / sigma_q over a gallery sample; drops z < threshold."""
+    """Calibrated confidence: z of each result's cosine against a gallery sample; drops z < threshold."""
 
     name: ClassVar[str] = "cutoff"
     may_drop: ClassVar[bool] = True
     depth: int = 100
-    threshold: float = 4.0
+    threshold: float = 2.0
     sample: int = 1000            # gallery vectors the query's mu and sigma are measured on
     seed: int = 0
     statistic: str = "mean"       # "median": median and 1.4826 * MAD instead of mean and std
-    inliers: int = 15             # a spatially verified result with this many inliers stays
+    inliers: int = 0              # a result spatial verification confirmed (with at least this
+                                  # many inliers, when > 0) stays whatever its z
     keep: bool = False            # label only, drop nothing (show everything)
+    side: str = "gallery"         # "query": methods.md's z over the query's scores; "gallery":
+                                  # z of s against the result's scores from a bank of typical
+                                  # queries; "both": the mean of the two
+    text_bank: Any = dataclasses.field(default=None, repr=False)   # QueryBank, text queries
 
     def __post_init__(self) -> None:
-        check_positive(self, depth=self.depth, sample=self.sample, inliers=self.inliers)
+        check_positive(self, depth=self.depth, sample=self.sample)
+        if self.inliers < 0:
+            raise ValueError(f"Cutoff: inliers must be >= 0, got {self.inliers!r}")
         if self.statistic not in STATISTICS:
             raise ValueError(f"Cutoff: statistic must be one of {STATISTICS}, got {self.statistic!r}")
+        if self.side not in SIDES:
+            raise ValueError(f"Cutoff: side must be one of {SIDES}, got {self.side!r}")
 
     def rerank(self, query: Query, candidates: Candidates, store: Store) -> Candidates:
         """The candidates that clear the threshold (all with `keep`), in incoming order,
@@ -70,9 +93,29 @@ class Cutoff(Reranker):
     def calibrate(self, query: Query, candidates: Candidates, store: Store) -> np.ndarray:
         """z of each candidate (float32, in the candidates' order)."""
         q = np.asarray(query.vector, np.float32).reshape(-1)
-        mu, sigma = self.moments(q, store, query.exclude_ids)
-        s = store.vectors(candidates.ids) @ q
-        return ((s - mu) / sigma).astype(np.float32)
+        vecs = store.vectors(candidates.ids)
+        s = (vecs @ q).astype(np.float64)
+        z = []
+        if self.side in ("query", "both"):
+            mu, sigma = self.moments(q, store, query.exclude_ids)
+            z.append((s - mu) / sigma)
+        if self.side in ("gallery", "both"):
+            bank = self.bank(query, store)
+            z.append(gallery_z(s, candidates.ids, vecs, bank.vectors, bank.ids, self.statistic,
+                               query.exclude_ids))
+        return np.mean(z, axis=0).astype(np.float32)
+
+    def bank(self, query: Query, store: Store) -> Any:
+        """The typical queries of the gallery side: captions for a text query (`text_bank`),
+        the gallery sample for any other."""
+        from loupe.search.stages.hubness import image_bank, is_text_query
+
+        if is_text_query(query):
+            if self.text_bank is None:
+                raise ValueError("cutoff: side=gallery for a text query needs a text query bank "
+                                 "(hubness.text_bank(encoder.encode_text))")
+            return self.text_bank
+        return image_bank(store, self.sample, self.seed, hubs=False)
 
     def moments(self, q: np.ndarray, store: Store, exclude: frozenset[int] | set[int] = frozenset()
                 ) -> tuple[float, float]:
@@ -98,9 +141,26 @@ def moments(scores: np.ndarray, statistic: str = "mean") -> tuple[float, float]:
     return mu, max(sigma, 1e-6)
 
 
-def verified(candidates: Candidates, inliers: int) -> np.ndarray:
-    """Which candidates spatial verification confirmed: `Spatial` gives a verified candidate
-    a box and its inlier count as score (>= its min_inliers >= 1, above any cosine)."""
+def gallery_z(s: np.ndarray, ids: np.ndarray, vectors: np.ndarray, bank: np.ndarray,
+              bank_ids: np.ndarray, statistic: str = "mean",
+              exclude: frozenset[int] | set[int] = frozenset()) -> np.ndarray:
+    """(s_d - mu_d) / sigma_d per result d, its moments over the scores the bank's queries give
+    it (a bank query that is d itself, or an excluded id such as the query image, left out)."""
+    sims = np.asarray(vectors, np.float64) @ np.asarray(bank, np.float64).T     # [results, bank]
+    bank_ids = np.asarray(bank_ids, np.int64)
+    own = np.asarray(ids, np.int64)[:, None] == bank_ids[None, :]
+    if exclude:
+        own |= np.isin(bank_ids, np.fromiter(exclude, np.int64))[None, :]
+    out = np.empty(len(sims))
+    for row in range(len(sims)):
+        mu, sigma = moments(sims[row][~own[row]], statistic)
+        out[row] = (s[row] - mu) / sigma
+    return out
+
+
+def verified(candidates: Candidates, inliers: int = 0) -> np.ndarray:
+    """Which candidates spatial verification confirmed (with at least `inliers`): `Spatial`
+    gives a verified candidate a box and its inlier count as score (above any cosine)."""
     boxes = np.array([b is not None for b in candidates.boxes], dtype=bool)
     return boxes & (candidates.scores >= inliers) & (candidates.scores > 1.0 + 1e-6)
 

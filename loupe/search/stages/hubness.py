@@ -38,6 +38,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from loupe.core.files import atomic_write
 from loupe.core.types import Candidates, Query
 from loupe.search.stages.base import Reranker, Store, check_positive
 from loupe.search.stages.cutoff import gallery_ids, sample_ids, take
@@ -102,9 +103,7 @@ class Hubness(Reranker):
         return out
 
     def bank_for(self, query: Query, store: Store) -> QueryBank:
-        text = self.modality == "text" or (
-            self.modality == "auto" and query.text is not None and query.image is None
-            and not query.exclude_ids)
+        text = self.modality == "text" or (self.modality == "auto" and is_text_query(query))
         if text:
             if self.text_bank is None:
                 raise ValueError(
@@ -114,6 +113,11 @@ class Hubness(Reranker):
         if self.image_bank is not None:
             return self.image_bank
         return image_bank(store, self.bank_size, self.seed, hubs=self.mode != "full")
+
+
+def is_text_query(query: Query) -> bool:
+    """A query made from text alone: text, no pixels, not an indexed image (`like`)."""
+    return query.text is not None and query.image is None and not query.exclude_ids
 
 
 def corrected_scores(s: np.ndarray, ids: np.ndarray, vectors: np.ndarray, bank: QueryBank,
@@ -204,20 +208,27 @@ _BANKS_KEPT = 8
 
 def image_bank(store: Store, n: int = 1000, seed: int = 0, hubs: bool = True) -> QueryBank:
     """A fixed random sample of the gallery as the bank of image queries (and its activation
-    set). Kept in memory per gallery (its ids and the sample's vectors), so a search pays for
-    the activation set's n top-1 searches once, not per query."""
+    set). Kept per gallery (a digest of its ids and of the sample's vectors) in memory and,
+    with its activation set, in `store.cache_dir("hubness")`: the n top-1 searches that set
+    costs (seconds at 100k images) are paid once per gallery, not per query or process."""
     ids = sample_ids(store, n, seed)
     vecs = store.vectors(ids)
     digest = hashlib.sha256(np.ascontiguousarray(gallery_ids(store)).tobytes())
     digest.update(np.ascontiguousarray(vecs, dtype=np.float32).tobytes())
-    key = (str(store.cache_dir("hubness")), digest.hexdigest(), n, seed, hubs)
+    folder = store.cache_dir("hubness")
+    key = (str(folder), digest.hexdigest(), n, seed, hubs)
     with _BANKS_LOCK:
         if key in _BANKS:
             _BANKS.move_to_end(key)
             return _BANKS[key]
     bank = QueryBank(vecs, ids)
     if hubs:
-        bank.hubs = activation_set(store, bank)
+        saved = folder / f"image-bank-{digest.hexdigest()[:24]}-{n}-{seed}.npy"
+        try:
+            bank.hubs = np.load(saved)
+        except (OSError, ValueError):
+            bank.hubs = activation_set(store, bank)
+            atomic_write(saved, lambda fh: np.save(fh, bank.hubs))
     with _BANKS_LOCK:
         _BANKS[key] = bank
         while len(_BANKS) > _BANKS_KEPT:
