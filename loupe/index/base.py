@@ -23,12 +23,15 @@ import numpy as np
 # wastes at most a fifth of its work on tombstones, and a rebuild costs one build.
 COMPACT_SHARE = 0.2
 
-# Filter planner: score the allowed rows exactly when there are at most this many allowed rows
-# (scaled by 512 / dim: the cost of exact scoring is rows x dim). Measured with
-# `python benchmarks/ann.py --quick`: on the benchmark machine exact scoring of gathered rows costs
-# about 1 us per 512-d row single-threaded, and the ANN with a selector at selectivity s costs
-# roughly efSearch / s node visits; below ~20k allowed rows the exact path is as fast or faster and
-# it is exact. See benchmarks/results/ann.json, "planner".
+# Filter planner: score the allowed rows exactly when there are at most this many of them
+# (scaled by 512 / dim, since exact cost is rows x dim); above it, search the ANN with a selector.
+# Measured by benchmarks/ann.py ("planner" in results/ann.json) on 1M x 512 vectors with
+# HNSW32,SQ8,Refine, single-threaded p50 of both paths at the same allowed counts:
+#   allowed   1k: exact 10.5 ms / ANN 119 ms     10k: exact 71 ms / ANN 161 ms
+#            30k: exact 267 ms / ANN 140 ms     100k: exact 736 ms / ANN 237 ms
+# (a heavily loaded machine: absolute times are inflated, the crossing is what counts). Exact
+# grows with the allowed count, the ANN with a selector stays ~flat (efSearch scales with 1/s),
+# and they cross between 10k and 30k allowed rows.
 FILTER_EXACT_MAX_ROWS = 20_000
 
 # Exact scoring works on QUERY_CHUNK queries x ROW_BLOCK rows at a time (64 MiB of scores).
