@@ -1,7 +1,7 @@
 """Learned second stage: what each reranker costs per candidate on this CPU, and the spatial
 decision rule (fixed 15 inliers vs adaptive) on hard real pairs.
 
-    python benchmarks/learned.py                         # everything; ~30 min on 2 busy cores
+    python benchmarks/learned.py                         # everything; 21 min on 2 busy cores
     python benchmarks/learned.py --parts spatial         # only the decision rule
     python benchmarks/learned.py --parts itm,vlm --vlm-size small
 
