@@ -127,6 +127,7 @@ LEARNED = {"max_side": 192, "max_keypoints": 96, "workers": 1, "device": "cpu"}
 
 @pytest.fixture(scope="module")
 def random_disk() -> learned_features.DiskLightGlue:
+    pytest.importorskip("kornia")
     return learned_features.disk_lightglue("random", "cpu")
 
 
