@@ -177,6 +177,22 @@ def test_a_failed_check_is_refused_and_auto_falls_back_to_torch(tmp_path, ref):
     assert np.abs(enc.encode_text(["red car"]) - ref.encode_text(["red car"])).max() < 1e-6
 
 
+def test_an_image_pipeline_without_a_torch_free_twin_is_refused(exported, tmp_path):
+    from loupe.models.cache import write_json
+
+    cache, folder, _ = exported
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    manifest = read_manifest(copy / folder.name)
+    manifest["identity"]["preprocess"]["resize_mode"] = "longest"
+    write_json(copy / folder.name / "manifest.json", manifest)
+    with pytest.raises(ModelError, match="pixel pipeline"):
+        load_encoder(TINY, device="cpu", backend="onnxruntime", cache_dir=copy)
+    text = load_encoder(TINY, device="cpu", backend="onnxruntime", cache_dir=copy, towers=("text",))
+    assert text.backend == "onnxruntime"  # the text tower does not care
+    assert load_encoder(TINY, device="cpu", cache_dir=copy).backend == "torch"
+
+
 def test_the_check_catches_a_wrong_graph(tmp_path, ref):
     """A graph computing something else (a colour average times a random matrix) fails."""
     import onnx

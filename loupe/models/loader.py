@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from loupe.core.errors import ModelError
-from loupe.models import check
+from loupe.models import check, preprocess
 from loupe.models.base import BaseEncoder, check_towers, normalised
 from loupe.models.cache import dir_fingerprint, export_dir, read_manifest, write_json
 from loupe.models.device import auto_is_cpu, check_device_name, cpu_info
@@ -122,6 +122,9 @@ def load_encoder(name: str, weights: str | Path | None = None, device: str = "au
         ref = None
     failed = {t: manifest["towers"][t]["check"].get("why", "failed its check")
               for t in sorted(towers) if tower_status(manifest, t) == "failed"}
+    if "image" in towers and not preprocess.supports(manifest["identity"]):
+        failed["image"] = (f"its pixel pipeline ({manifest['identity']['preprocess']}) needs "
+                           "open_clip's transform")
     if failed:
         why = "; ".join(failed.values())
         if backend != "auto":
