@@ -64,7 +64,7 @@ from loupe.dups.find import hamming  # noqa: E402
 from loupe.eval.metrics import micro_average_precision, recall_at_precision  # noqa: E402
 from loupe.media.decode import decode, read_bytes  # noqa: E402
 from loupe.search import pipeline  # noqa: E402
-from loupe.search.stages.collapse import Collapse  # noqa: E402
+from loupe.search.stages.collapse import Collapse, components  # noqa: E402
 from loupe.search.stages.cutoff import Cutoff  # noqa: E402
 from loupe.search.stages.feedback import rocchio  # noqa: E402
 from loupe.search.stages.hubness import Hubness, image_bank  # noqa: E402
@@ -188,7 +188,7 @@ def section_cutoff(data: dict, tmp: Path, spatial_depth: int) -> dict:
     buildings = sorted(set(groups[strecha].tolist()))
     default = Cutoff()
     labellers = {side: Cutoff(keep=True, side=side) for side in SIDES}
-    labellers["query, median"] = Cutoff(keep=True, statistic="median")
+    labellers["gallery, median"] = Cutoff(keep=True, statistic="median", side="gallery")
     rows = []
     t_first, t_spatial, t_cut = [], [], []
     images = {int(i): Image.open(paths[i]).convert("RGB")
@@ -354,7 +354,7 @@ def section_dups(tmp: Path) -> dict:
         for a in range(n):
             near[a, np.argsort(-sim[a])[:10]] = True
         cand = both & (near[iu, ju] | near[ju, iu] | (scores["phash"] >= -16)
-                       | (scores["dhash"] >= -16))
+                       | (scores["dhash"] >= -16) | (scores["embedding"] >= 0.8))
         t0 = time.perf_counter()
         feats = _features_of(items, spatial)
         found = dups.verify_pairs(np.stack([iu, ju], axis=1)[cand], feats, spatial)
@@ -368,7 +368,7 @@ def section_dups(tmp: Path) -> dict:
         for method, s in scores.items():
             cut = {"exact": 0.5, "phash": -defaults["phash"], "dhash": -defaults["dhash"],
                    "embedding": defaults["embedding"], "verified: inliers": defaults["verified"],
-                   "verified: inliers/matches, inliers >= 15": 0.85}[method]
+                   "verified: inliers/matches, inliers >= 15": 0.95}[method]
             found = s >= cut
             tp = int((found & truth).sum())
             ap = micro_average_precision(s, truth, n_gt)
@@ -377,7 +377,7 @@ def section_dups(tmp: Path) -> dict:
                 "threshold": {"exact": "same SHA-256", "phash": "Hamming <= 10",
                               "dhash": "Hamming <= 10", "embedding": "cosine >= 0.95",
                               "verified: inliers": "inliers >= 15",
-                              "verified: inliers/matches, inliers >= 15": "ratio >= 0.85"}[method],
+                              "verified: inliers/matches, inliers >= 15": "ratio >= 0.95"}[method],
                 "precision": tp / max(int(found.sum()), 1), "recall": tp / n_gt,
                 "micro_ap": ap["ap"], "recall_at_p90": r90,
             }
@@ -386,10 +386,8 @@ def section_dups(tmp: Path) -> dict:
             ("default Options()", dups.Options()),
             ("exact + phash<=10 + embedding>=0.95",
              dups.Options(embedding=0.95)),
-            ("exact + phash<=10 + embedding>=0.9, verified (ratio >= 0.85)",
+            ("exact + phash<=10 + embedding>=0.9, verified (inliers >= 15, ratio >= 0.95)",
              dups.Options(embedding=0.9, verify=True)),
-            ("exact + phash<=10 + dhash<=10 + embedding>=0.8, verified (ratio >= 0.85)",
-             dups.Options(dhash=10, embedding=0.8, verify=True)),
         ):
             t0 = time.perf_counter()
             result = dups.find(items, vectors, options, features=feats)
@@ -403,7 +401,24 @@ def section_dups(tmp: Path) -> dict:
                 "pair_precision": tp / max(int(same.sum()), 1), "pair_recall": tp / n_gt,
                 "groups": len(result.groups), "seconds_after_scan": elapsed,
             }
+        # The verification decision: edges kept at each inlier ratio among find's candidates
+        # (exact, pHash <= 10, cosine >= 0.9), and the groups they make.
+        find_cands = (scores["phash"] >= -10) | (scores["embedding"] >= 0.9)
+        ratio_sweep = []
+        for r in (0.8, 0.85, 0.9, 0.95):
+            edge = (scores["exact"] > 0) | (find_cands & (inliers >= 15) & (ratio >= r))
+            labels_found = components(n, np.stack([iu, ju], axis=1)[edge])
+            same = labels_found[iu] == labels_found[ju]
+            ratio_sweep.append({
+                "min_inlier_ratio": r,
+                "edge_precision": int((edge & truth).sum()) / max(int(edge.sum()), 1),
+                "edge_recall": int((edge & truth).sum()) / n_gt,
+                "group_pair_precision": int((same & truth).sum()) / max(int(same.sum()), 1),
+                "group_pair_recall": int((same & truth).sum()) / n_gt,
+                "groups": int(sum(np.bincount(labels_found) > 1)),
+            })
         out[name] = {
+            "ratio_sweep": ratio_sweep,
             "images": n, "ground_truth_pairs": n_gt, "undecodable": int((~decodable).sum()),
             "scan_s": scan_s, "verify_candidates_s": verify_s, "verified_pairs": int(cand.sum()),
             "methods": methods, "find": found_default,
@@ -666,6 +681,13 @@ def tables(result: dict) -> str:
             for k, v in r["find"].items():
                 lines.append(f"| {k} | {v['pair_precision']:.3f} | {v['pair_recall']:.3f} | "
                              f"{v['groups']} | {v['seconds_after_scan']:.2f} |")
+            lines += ["", "| verified: min inliers/matches (exact, pHash<=10, cosine>=0.9 as "
+                      "candidates) | edge precision | edge recall | group pair precision "
+                      "| group pair recall | groups |", "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+            for v in r["ratio_sweep"]:
+                lines.append(f"| {v['min_inlier_ratio']} | {v['edge_precision']:.3f} | "
+                             f"{v['edge_recall']:.3f} | {v['group_pair_precision']:.3f} | "
+                             f"{v['group_pair_recall']:.3f} | {v['groups']} |")
             lines.append("")
     f = result.get("feedback")
     if f:

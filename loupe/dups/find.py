@@ -10,8 +10,9 @@ With `verify`, a pair that is not exact is kept only when spatial verification (
 `min_inliers` inliers making up at least `min_inlier_ratio` of the matches considered
 (mutual nearest neighbours passing the ratio test). A copy's matches nearly all fit one
 geometric map; two photos of one landmark can share dozens of inliers, but among many
-more matches (measured in benchmarks/answers.py: Sacre Coeur copies 0.85..1.0, other
-photos of the same building mostly below 0.8). Groups are the connected components of the kept pairs; each
+more matches. On the Sacre Coeur copies (benchmarks/answers.py) a ratio of 0.95 keeps
+no pair of different photos and, through the connected components, every copy; 0.85
+merges some of the ten groups. Groups are the connected components of the kept pairs; each
 group's representative is its largest file (bytes; then more pixels; then path).
 
     items = scan_files(paths)                         # hashes, sizes, dimensions
@@ -60,7 +61,7 @@ class Options:
     embedding: float | None = None  # min cosine of the vectors (needs vectors)
     verify: bool = False            # confirm every non-exact pair by spatial verification
     min_inliers: int = 15
-    min_inlier_ratio: float = 0.85  # inliers / matches considered
+    min_inlier_ratio: float = 0.95  # inliers / matches considered
     hash_size: int = 8
     workers: int = 0                # 0: one thread per core
 
