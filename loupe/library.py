@@ -69,7 +69,7 @@ class Library:
         self.model = model
         self.weights = weights
         self.device = device
-        self._encoder: Encoder | None = None
+        self._encoders: dict[frozenset[str], Encoder] = {}
         self._vectors: SpaceVectors | None = None
         self._lock = threading.RLock()
 
@@ -129,22 +129,32 @@ class Library:
 
     @property
     def encoder(self) -> Encoder:
-        """The active space's model, loaded on first use (and checked against the space)."""
+        """The active space's model with both towers, loaded on first use (and checked
+        against the space)."""
+        return self.tower("image", "text")
+
+    def tower(self, *towers: str) -> Encoder:
+        """The active space's model with at least these towers. A text query loads only the
+        text tower: from a cached export that is ONNX Runtime and a tokenizer, no torch."""
+        want = frozenset(towers)
         with self._lock:
-            if self._encoder is None:
+            for enc in self._encoders.values():
+                if want <= enc.towers:
+                    return enc
+            recorded = self.identity
+            if recorded is None:   # a new library: the model names its space
                 spec = ModelSpec.parse(self.model, self.weights)
                 if spec.weights is None:
                     ensure_downloadable(spec.arch, spec.tag)
-                enc = load_encoder(self.model, self.weights, self.device)
-                recorded = self.identity
-                if recorded is None:
-                    identity = {**enc.identity, "model_name": self.model,
-                                "weights_path": str(self.weights.resolve()) if self.weights else None}
-                    self.catalog.add_space(self.model, identity, activate=True)
-                elif not enc.same_model(recorded):
-                    raise ModelMismatch(_mismatch_message(recorded, enc.identity, self.path))
-                self._encoder = enc
-            return self._encoder
+            enc = load_encoder(self.model, self.weights, self.device, towers=sorted(want))
+            if recorded is None:
+                identity = {**enc.identity, "model_name": self.model,
+                            "weights_path": str(self.weights.resolve()) if self.weights else None}
+                self.catalog.add_space(self.model, identity, activate=True)
+            elif not enc.same_model(recorded):
+                raise ModelMismatch(_mismatch_message(recorded, enc.identity, self.path))
+            self._encoders[want] = enc
+            return enc
 
     def close(self) -> None:
         self.catalog.close()
@@ -169,7 +179,7 @@ class Library:
             report = run_index(
                 self.catalog, todo, self.root, options,
                 space=lambda: self.catalog.active_space() or self._space_from_encoder(),
-                encoder=lambda: self.encoder,
+                encoder=lambda: self.tower("image"),
                 image_size=int(identity["image_size"]) if identity else None,
                 progress=progress,
             )
@@ -190,7 +200,7 @@ class Library:
         return n
 
     def _space_from_encoder(self) -> int:
-        _ = self.encoder
+        _ = self.tower("image")
         space = self.catalog.active_space()
         assert space is not None
         return space
@@ -354,7 +364,7 @@ class Library:
             raise QueryError(f"k must be at least 1, got {request.k}")
         stages = _stages(request.rerank)
         store = self.store
-        query = QueryBuilder(lambda: self.encoder, store, self.resolve).build(
+        query = QueryBuilder(lambda: self.tower(*_towers_for(request)), store, self.resolve).build(
             request, need_pixels=any(s.needs_pixels for s in stages))
         return pipeline.run(query, store, request.k, stages, request.rerank_depth, request.threshold)
 
@@ -428,6 +438,16 @@ def _batched(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:
             batch = []
     if batch:
         yield batch
+
+
+def _towers_for(request: SearchRequest) -> tuple[str, ...]:
+    """The towers a request's terms need: text only for a text query (the common case)."""
+    if request.expr is not None:
+        return ("image", "text")
+    towers = ("text",) if request.text and str(request.text).strip() else ()
+    if request.image is not None or (request.like is not None and request.box is not None):
+        towers += ("image",)
+    return towers or ("text",)
 
 
 def _stages(spec: Any) -> list[Any]:

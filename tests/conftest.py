@@ -16,6 +16,22 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 TINY = "loupe-tiny:random"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Models exported during the run go to a fresh folder, never the user's cache; the suite
+    runs models on torch (exporting each test's model would cost ~30 s a test) except where
+    a test clears LOUPE_BACKEND to test the exported path. Subprocesses inherit both."""
+    import tempfile
+
+    os.environ["LOUPE_MODEL_CACHE"] = tempfile.mkdtemp(prefix="loupe-test-models-")
+    os.environ.setdefault("LOUPE_BACKEND", "torch")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    import shutil
+
+    shutil.rmtree(os.environ.get("LOUPE_MODEL_CACHE", ""), ignore_errors=True)
+
+
 def make_image(path: Path, seed: int, size: tuple[int, int] = (96, 80), fmt: str | None = None,
                exif: Image.Exif | None = None) -> Path:
     """A distinct picture per seed: a coarse grid of random colours, scaled up."""

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from conftest import TEST_DATA, TINY, make_folder
+from conftest import REPO, TEST_DATA, TINY, make_folder
 
 from loupe import Filters, IndexOptions, Library, LibraryError
 
@@ -76,7 +78,7 @@ def test_a_no_op_index_loads_no_model(tmp_path):
     lib = Library.open(root / ".loupe", device="cpu")
     report = lib.index()
     assert (report.unchanged, report.embedded, report.model_loaded) == (8, 0, False)
-    assert lib._encoder is None
+    assert lib._encoders == {}
     make_folder(root, 1, start=50)
     report = lib.index()
     assert (report.added, report.model_loaded) == (1, True)
@@ -146,3 +148,24 @@ def test_a_hit_deleted_after_the_snapshot_is_skipped(tmp_path):
         lib.catalog.delete_paths(db, ["img0002.png"])
     hits = lib.search(like="img0001.png", k=10)
     assert len(hits) == 4 and victim not in [h.id for h in hits]
+
+
+def test_a_text_query_loads_only_the_text_tower_and_no_torch(tmp_path):
+    root = tmp_path / "photos"
+    make_folder(root, 4)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "LOUPE_MODEL_CACHE": str(tmp_path / "models")}
+    env.pop("LOUPE_BACKEND", None)
+    index = subprocess.run([sys.executable, "-m", "loupe.cli", "index", str(root), "--model", TINY,
+                            "--device", "cpu"], env=env, capture_output=True, text=True, timeout=300)
+    assert index.returncode == 0, index.stderr
+    code = ("import sys, json; from loupe import Library\n"
+            "lib = Library.open(sys.argv[1], device='cpu')\n"
+            "hits = lib.search('a red bicycle', k=3)\n"
+            "enc = next(iter(lib._encoders.values()))\n"
+            "print(json.dumps([len(hits), 'torch' in sys.modules, 'open_clip' in sys.modules,\n"
+            "                  sorted(enc.towers), enc.backend]))")
+    runs = [subprocess.run([sys.executable, "-c", code, str(root / ".loupe")], env=env,
+                           capture_output=True, text=True, timeout=300) for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[-1].stderr
+    # the first text query exports the text tower once (torch); every later one needs none
+    assert json.loads(runs[1].stdout) == [3, False, False, ["text"], "onnxruntime"]

@@ -106,7 +106,7 @@ class Embedder:
     @property
     def encoder(self) -> Any:
         if self._encoder is None:
-            from loupe.models.openclip import load_encoder
+            from loupe.models import load_encoder
 
             self._encoder = load_encoder(self.options.model, self.options.weights, self.options.device)
         return self._encoder

@@ -80,7 +80,7 @@ def decode(data: bytes, *, max_pixels: int = MAX_PIXELS, reduce_to: int | None =
     except MemoryError:
         raise DecodeError("could not be decoded: out of memory") from None
     except Exception as exc:  # noqa: BLE001 - a plugin's own failure (a corrupt AVIF's RuntimeError)
-        raise DecodeError(f"could not be decoded: {type(exc).__name__}: {exc}"[:300]) from None
+        raise DecodeError(f"corrupt or truncated image: {type(exc).__name__}: {exc}"[:300]) from None
     orientation = exif.get(0x0112, 1)
     if orientation in (5, 6, 7, 8):
         w, h = h, w

@@ -60,7 +60,7 @@ def ensure_downloadable(arch: str, tag: str | None) -> None:
     """Raise a ModelError naming the offline options when ARCH:TAG's weights are neither
     cached nor downloadable. The network probe comes first: it costs milliseconds, where
     looking up the cache means importing open_clip (and torch)."""
-    if not tag or tag == "random" or hub_reachable():
+    if not tag or tag == "random" or arch == "immich" or hub_reachable():
         return
     where = hub_file_for(arch, tag)   # imports open_clip: only on the offline path
     if where is None or is_cached(*where):
