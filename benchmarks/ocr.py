@@ -208,7 +208,8 @@ def build_fts(samples, reads, tokenizer: str) -> tuple[sqlite3.Connection, float
     for i, words in enumerate(reads):
         # neutral names: the channel is judged on the words read, not on file or folder names
         fts.put_ocr(db, f"sha{i}", "bench", words)
-        fts.index_document(db, i, f"bench/img_{i:03d}.jpg", {}, fts.ocr_text(words))
+        fts.index_document(db, i, f"bench/img_{i:03d}.jpg", {},
+                           fts.ocr_text(words, fts.INDEX_MIN_CONFIDENCE))
     db.execute("COMMIT")
     per_doc = (time.perf_counter() - t) / max(len(samples), 1)
     size = db.execute("SELECT SUM(pgsize) FROM dbstat WHERE name LIKE 'text_fts%'").fetchone()[0] \
@@ -230,6 +231,11 @@ def query_vector(q: str) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
+# hybrid variants: RRF with equal weights (methods.md) and the default, text first
+# (text_weight = fusion.text_first_weight(k): None asks hybrid for it)
+HYBRIDS = {"hybrid_equal_weights": 1.0, "hybrid_text_first": None}
+
+
 def retrieval(samples, reads, k: int) -> dict:
     qrels = testset.queries(samples)
     enc = ColorEncoder()
@@ -240,11 +246,10 @@ def retrieval(samples, reads, k: int) -> dict:
                  "k": k, "tokenizers": {}}
     for tokenizer in ("unicode61 remove_diacritics 2", "trigram"):
         db, per_doc, size = build_fts(samples, reads, tokenizer)
-        aps: dict[str, list[float]] = {"text": [], "vector": [], "hybrid": [],
-                                       "hybrid_text_weight_2": []}
+        aps: dict[str, list[float]] = {"text": [], "vector": [], **{h: [] for h in HYBRIDS}}
         by_kind: dict[str, list[float]] = {}
-        keep: dict[str, list[float]] = {"hybrid": [], "hybrid_text_weight_2": []}
-        keep_rel: dict[str, list[float]] = {"hybrid": [], "hybrid_text_weight_2": []}
+        keep: dict[str, list[float]] = {h: [] for h in HYBRIDS}
+        keep_top: dict[str, list[float]] = {h: [] for h in HYBRIDS}
         lat = []
         for q, rel in sorted(qrels.items()):
             t = time.perf_counter()
@@ -255,27 +260,28 @@ def retrieval(samples, reads, k: int) -> dict:
             vec_ids = [int(i) for i in
                        np.argsort(-(img_vecs @ query_vector(q)), kind="stable")[:k]]
             required = bool(parse_text_query(q)[1])
-            fused = [h.image_id for h in hybrid(vec_ids, text_hits, k, require_text=required)]
-            fused2 = [h.image_id for h in hybrid(vec_ids, text_hits, k, require_text=required,
-                                                 text_weight=2.0)]
+            fused = {name: [h.image_id for h in hybrid(vec_ids, text_hits, k, text_weight=w,
+                                                       require_text=required)]
+                     for name, w in HYBRIDS.items()}
             aps["text"].append(average_precision(text_ids, rel))
-            aps["vector"].append(average_precision(vec_ids[:k], rel))
-            aps["hybrid"].append(average_precision(fused, rel))
-            aps["hybrid_text_weight_2"].append(average_precision(fused2, rel))
+            aps["vector"].append(average_precision(vec_ids, rel))
+            for name, f in fused.items():
+                aps[name].append(average_precision(f, rel))
             kind = ("phrase" if required else "word <3 chars" if len(q) < 3 else "word")
             by_kind.setdefault(kind, []).append(aps["text"][-1])
-            top = set(text_ids[:10])
-            for name, f in (("hybrid", fused), ("hybrid_text_weight_2", fused2)):
-                if top:
-                    keep[name].append(len(top & set(f[:10])) / len(top))
-                if top & rel:
-                    keep_rel[name].append(len(top & rel & set(f[:10])) / len(top & rel))
+            n = min(10, len(text_ids))
+            for name, f in fused.items():
+                if n:
+                    # kept at all in the top 10, and kept at the top: the text channel's top n
+                    # within the hybrid's top n
+                    keep[name].append(len(set(text_ids[:10]) & set(f[:10])) / n)
+                    keep_top[name].append(len(set(text_ids[:n]) & set(f[:n])) / n)
         out["tokenizers"][tokenizer] = {
             "mAP": {c: round(float(np.mean(v)), 4) for c, v in aps.items()},
             "text_mAP_by_query_kind": {c: {"mAP": round(float(np.mean(v)), 4), "queries": len(v)}
                                        for c, v in sorted(by_kind.items())},
             "text_top10_kept_in_hybrid_top10": _kept(keep),
-            "relevant_text_top10_kept_in_hybrid_top10": _kept(keep_rel),
+            "text_top_n_at_hybrid_top_n": _kept(keep_top),
             "index_document_ms": round(per_doc * 1000, 3),
             "fts_bytes": size,
             "search_ms_p50": round(statistics.median(lat) * 1000, 3),
@@ -524,14 +530,14 @@ def print_table(r: dict, side: int) -> None:
     ret = r["retrieval"]
     print(f"\nretrieval: {ret['queries']} queries ({ret['word_queries']} words, "
           f"{ret['phrase_queries']} phrases), k = {ret['k']}; vector channel is a STAND-IN")
-    print("  tokenizer                       text    vector  hybrid  hybrid(w_text=2)  "
-          "text top10 kept (w=1, 2)")
+    print("  tokenizer                   mAP: text  vector  hybrid(equal)  hybrid(text first)"
+          "   text top-n at hybrid top-n (equal, text first)")
     for tok, t in ret["tokenizers"].items():
         m = t["mAP"]
-        print(f"  {tok:30s} {m['text']:6.3f}  {m['vector']:6.3f}  {m['hybrid']:6.3f}  "
-              f"{m['hybrid_text_weight_2']:6.3f}            "
-              f"{t['text_top10_kept_in_hybrid_top10']['hybrid']['mean']}, "
-              f"{t['text_top10_kept_in_hybrid_top10']['hybrid_text_weight_2']['mean']}")
+        kept = t["text_top_n_at_hybrid_top_n"]
+        print(f"  {tok:30s} {m['text']:6.3f}  {m['vector']:6.3f}  "
+              f"{m['hybrid_equal_weights']:13.3f}  {m['hybrid_text_first']:18.3f}   "
+              f"{kept['hybrid_equal_weights']['mean']}, {kept['hybrid_text_first']['mean']}")
         print(f"    text mAP by query kind: {t['text_mAP_by_query_kind']}")
     print(f"\nFTS5 at scale: {r['fts_at_scale']}")
     tp = r["indexing_throughput"]

@@ -50,7 +50,7 @@ def test_rrf_counts_a_document_once_per_channel_and_breaks_ties_stably():
 
 def test_hybrid_fuses_keeps_ranks_and_terms():
     text_hits = [(30, 9.0, ("invoice",)), (10, 5.0, ("invoice", "2023"))]
-    fused = hybrid([10, 20, 30, 40], text_hits, k=3)
+    fused = hybrid([10, 20, 30, 40], text_hits, k=3, text_weight=1.0)
     assert [h.image_id for h in fused] == [10, 30, 20]
     top = fused[0]
     assert top.ranks == {"vector": 1, "text": 2}
@@ -68,10 +68,13 @@ def test_hybrid_require_text_keeps_only_text_hits():
 def test_hybrid_text_weight_puts_text_hits_first():
     vector = list(range(100, 120))
     text = [(5, 1.0, ("a",)), (6, 0.9, ("a",))]
-    plain = [h.image_id for h in hybrid(vector, text, k=4)]
+    plain = [h.image_id for h in hybrid(vector, text, k=4, text_weight=1.0)]
     assert plain == [100, 5, 101, 6]                      # 1/61 ties: vector came first
     weighted = [h.image_id for h in hybrid(vector, text, k=4, text_weight=1.2)]
     assert weighted == [5, 6, 100, 101]
+    default = hybrid(vector, text, k=4)                   # text first unless told otherwise
+    assert [h.image_id for h in default] == [5, 6, 100, 101]
+    assert default[0].score == pytest.approx(text_first_weight(4) / 61)
 
 
 @pytest.mark.parametrize("seed", range(20))

@@ -63,6 +63,19 @@ def test_boxes_are_in_pixels_of_the_image_given(engine, fonts, shared_data):
     assert any(_overlap(b, truth.box) > 0.5 for b in engine.detect(sample.image))
 
 
+def test_gate_reads_big_text_and_skips_blank_images(engine, fonts, shared_data):
+    gated = ocr.get_engine("rapidocr", threads=2, side=768, gate_side=512)
+    assert gated.identity["options"]["gate_side"] == 512
+    assert gated.key != engine.key
+    photo = shared_data / "strecha" / "scenes" / "entry-P10" / "0002.jpg"
+    sample = testset.make_sample(photo, 4, fonts, n_lines=1, max_side=768, sizes=(48, 56),
+                                 contrasts=("high",), upright=True)
+    wanted = {testset.normalise(w.text) for w in sample.words}
+    assert wanted & {testset.normalise(w.text) for w in gated.read(sample.image)}
+    assert gated.detect(Image.new("RGB", (640, 480), (200, 200, 200)), 512) == []
+    assert gated.read(Image.new("RGB", (640, 480), (200, 200, 200))) == []
+
+
 def test_text_free_photo_reads_nothing_confident(engine, shared_data):
     # the detector fires on this photo's masonry; the recogniser rejects what it finds there
     im = testset.load_photo(shared_data / "strecha" / "scenes" / "castle-P19" / "0000.jpg", 768)

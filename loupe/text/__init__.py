@@ -12,7 +12,15 @@ Nothing here imports an OCR engine until one is asked for.
 """
 
 from loupe.text import fts
-from loupe.text.fusion import FusedHit, hybrid, matching_words, parse_text_query, rrf, why
+from loupe.text.fusion import (
+    FusedHit,
+    hybrid,
+    matching_words,
+    parse_text_query,
+    rrf,
+    text_first_weight,
+    why,
+)
 from loupe.text.ocr import (
     ENGINES,
     OcrEngine,
@@ -25,5 +33,6 @@ from loupe.text.ocr import (
 
 __all__ = [
     "ENGINES", "FusedHit", "OcrEngine", "OcrUnavailable", "Word", "fts", "get_engine", "hybrid",
-    "identity_key", "matching_words", "parse_text_query", "register", "rrf", "why",
+    "identity_key", "matching_words", "parse_text_query", "register", "rrf", "text_first_weight",
+    "why",
 ]

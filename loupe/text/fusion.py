@@ -91,7 +91,7 @@ class FusedHit:
 
 
 def hybrid(vector_ids: Sequence[int], text_hits: Sequence[Any], k: int, *, k0: float = K0,
-           vector_weight: float = 1.0, text_weight: float = 1.0,
+           vector_weight: float = 1.0, text_weight: float | None = None,
            require_text: bool = False) -> list[FusedHit]:
     """Fuse the vector channel's ranking (ids, best first) with the text channel's hits
     ((image_id, score, matched_terms), best first, as `fts.search` returns them) by RRF; the
@@ -102,7 +102,16 @@ def hybrid(vector_ids: Sequence[int], text_hits: Sequence[Any], k: int, *, k0: f
     the same rank, so the top k can drop some of the text channel's top k. With
     text_weight > vector_weight * (k0 + k) / (k0 + 1) (about 1.15 for k = 10) every one of the
     text channel's top k outranks every image only the vector channel found, and the vector
-    ranks still order the text hits among themselves."""
+    ranks still order the text hits among themselves.
+
+    `text_weight=None` (the default) is that weight, `text_first_weight(k)`: the text channel
+    matches every free word of the query (or its phrases), which is strong evidence, and with
+    equal weights an uninformed vector channel pushed the text hits down the list (in
+    benchmarks/ocr.py: hybrid mAP 0.595 against the text channel's 0.785, and 58 % of the text
+    channel's top n in the hybrid's top n; text first: 0.803 and 100 %). Pass 1.0 for plain
+    RRF."""
+    if text_weight is None:
+        text_weight = text_first_weight(k, k0, vector_weight)
     text_ids = [int(h[0]) for h in text_hits]
     terms = {int(h[0]): tuple(h[2]) for h in text_hits}
     fused = rrf({"vector": [int(i) for i in vector_ids], "text": text_ids}, k0,

@@ -8,22 +8,28 @@ detection and recognition models ship inside its wheel; nothing is downloaded).
 How the engine spends its time, and why OCR runs in full on every image (no detection gate)
 --------------------------------------------------------------------------------------------
 RapidOCR runs a text *detector* over the whole image, then the *recogniser* over each detected
-box. When the detector finds nothing it stops there, so the "gate" that runs the cheap stage
-first and recognition only where it finds text is already how full OCR works. What a separate gate
-could still save was measured with `benchmarks/ocr.py` (numbers in benchmarks/results/ocr.json and
-in the report of issue 14):
+box; when the detector finds nothing it stops there, so "recognise only where detection finds
+text" is already how full OCR works. Whether a separate, cheaper gate pays was measured with
+`benchmarks/ocr.py` on the labelled test set (40 Strecha photos at 1536 px with 123 drawn words,
+20 without text; numbers in benchmarks/results/ocr.json):
 
-* detection is most of the cost: on 1536 px photos, detection alone took about 80 % of full OCR's
-  CPU time on photos with text, and about 90 % on photos without text;
-* the detector fires on most real photos that contain no text at all (windows, railings and
-  masonry look like text to it), so a detection gate at the same resolution would skip
-  recognition on few images, and recognition is the small part anyway;
-* a gate at a lower resolution is cheap, but it misses the images whose only text is small, and
-  those are the ones worth finding by their words.
+* detection is most of the cost: at 1536 px it took 83 % of full OCR's CPU time on photos with
+  text and 84 % on photos without (full OCR: about 1.7 CPU-seconds per photo);
+* the detector fires on 95 % of the photos without any text (windows, railings, masonry), so a
+  gate at the same resolution would skip almost nothing;
+* a gate at lower resolution is cheap but blind to small text: detecting at 512 px first cut the
+  CPU time on text-free photos by 4x but lost a third of the words found (recall 0.77 -> 0.52;
+  words under 24 px: 0.76 -> 0.29);
+  at 768 px it lost fewer words (0.73) but cost more than no gate on photos with text.
 
-So `read` runs detection once at `side` pixels (the long side; `side` trades recall of small text
-for time, measured in the benchmark) and recognition on what it finds. `detect` (detection only)
-is kept for measurement and for callers that want an explicit gate.
+So `read` runs detection once at `side` pixels (the long side, 1536 by default: 1024 px lost a
+fifth of the words, 0.77 -> 0.61) and recognition on what it finds. `gate_side` turns the
+measured low-resolution gate on for libraries that prefer cheaper indexing to small text;
+`detect` is detection only.
+
+Cost: with OCR at 1536 px, indexing the same photos took 7x the CPU time of decoding and
+embedding them with ViT-B-32 (3.3 -> 0.46 images per CPU-second): run OCR as its own, resumable
+pass after the vectors are committed, not inside the embedding batch.
 
 Words: RapidOCR recognises lines; a line is split into words at spaces, and each word's box is
 the part of the line's quadrilateral its characters take (from the recogniser's per-character
