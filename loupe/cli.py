@@ -475,9 +475,13 @@ def rerankers(json_out: JsonOpt = False) -> None:
     table.add_column("name", style="bold")
     table.add_column("parameters (defaults)")
     table.add_column("what it does")
+    table.add_column("installed")
     for entry in entries:
         params = ", ".join(f"{k}={v}" for k, v in entry["parameters"].items())
-        table.add_row(entry["name"], params, entry["doc"])
+        missing = entry["missing"]
+        table.add_row(entry["name"], params, entry["doc"],
+                      f"no: needs {', '.join(missing)} (pip install 'loupe-search[rerank-learned]')"
+                      if missing else "yes")
     console = Console()
     console.print(table)
     console.print(

@@ -275,7 +275,7 @@ def test_missing_transformers_names_the_extra(monkeypatch: pytest.MonkeyPatch, t
     assert not itm_module.available() and not vlm_module.available()
     store, _ = gallery(tmp_path / "g", 1, tmp_path / "cache")
     query = Query(vector=np.ones(4, np.float32), text="a bird")
-    with pytest.raises(MissingExtra, match=r"itm reranker needs transformers.*loupe\[rerank-learned\]"):
+    with pytest.raises(MissingExtra, match=r"itm reranker needs transformers.*loupe-search\[rerank-learned\]"):
         ITM(model="not/loaded-yet").rerank(query, head(1), store)
     with pytest.raises(MissingExtra, match=r"vlm reranker needs transformers"):
         VLM(model="not/loaded-yet").rerank(query, head(1), store)

@@ -105,7 +105,7 @@ def test_missing_extra_names_it(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_rapidocr)
-    with pytest.raises(ocr.OcrUnavailable, match=r'pip install "loupe\[ocr\]"'):
+    with pytest.raises(ocr.OcrUnavailable, match=r'pip install "loupe-search\[ocr\]"'):
         ocr.get_engine("rapidocr")
 
 

@@ -13,7 +13,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from loupe.core.config import ALLOWED_FORMATS, MAX_FILE_BYTES, MAX_PIXELS
 from loupe.core.errors import DecodeError
 
-try:  # HEIC/AVIF when the optional plugin is installed (pip install loupe[heif])
+try:  # HEIC/AVIF when the optional plugin is installed (pip install loupe-search[heif])
     import pillow_heif
 
     pillow_heif.register_heif_opener()

@@ -105,7 +105,7 @@ def load_encoder(name: str, weights: str | Path | None = None, device: str = "au
     if missing:
         if importlib.util.find_spec("torch") is None or importlib.util.find_spec("open_clip") is None:
             raise ModelError(f"{name} has not been exported for the {backend} backend yet, and "
-                             "exporting needs PyTorch: pip install 'loupe[torch]' (once), "
+                             "exporting needs PyTorch: pip install 'loupe-search[torch]' (once), "
                              "or use an exported model (e.g. immich:ViT-B-32__openai)")
         from loupe.models.export import export_model
 

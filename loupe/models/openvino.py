@@ -30,7 +30,7 @@ class OpenVinoTower:
             import openvino as ov
         except ImportError as exc:
             raise ModelError("backend openvino needs the openvino package: "
-                             "pip install 'loupe[openvino]'") from exc
+                             "pip install 'loupe-search[openvino]'") from exc
         config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
                   "PERFORMANCE_HINT": "LATENCY"}
         if threads:

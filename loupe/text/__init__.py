@@ -1,7 +1,7 @@
 """The text layer: words read in images (OCR), a full-text index beside the catalog, and the
 fusion of full-text and vector rankings.
 
-    engine = get_engine("rapidocr", threads=2)      # needs the extra: pip install "loupe[ocr]"
+    engine = get_engine("rapidocr", threads=2)      # needs the extra: pip install "loupe-search[ocr]"
     words = engine.read(image)                      # [Word(text, box, confidence)]
     fts.ensure_schema(db); fts.put_ocr(db, sha, engine_key, words)
     fts.index_document(db, image_id, path, meta, fts.ocr_text(words))

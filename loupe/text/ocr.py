@@ -53,7 +53,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
-EXTRA_HINT = 'pip install "loupe[ocr]"'
+EXTRA_HINT = 'pip install "loupe-search[ocr]"'
 
 
 class OcrUnavailable(ImportError):

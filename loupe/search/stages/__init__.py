@@ -20,17 +20,19 @@ from typing import Any
 
 from loupe.core.types import Store
 from loupe.search.stages.base import Reranker
+from loupe.search.stages.itm import ITM, missing_modules
 from loupe.search.stages.qe import AlphaQE
-from loupe.search.stages.spatial import Spatial, SpatialORB
+from loupe.search.stages.spatial import Spatial, SpatialLearned, SpatialORB
 from loupe.search.stages.superglobal import SuperGlobal
+from loupe.search.stages.vlm import VLM
 
 __all__ = [
-    "REGISTRY", "AlphaQE", "Reranker", "Spatial", "SpatialORB", "Store", "SuperGlobal",
-    "describe", "get",
+    "ITM", "REGISTRY", "VLM", "AlphaQE", "Reranker", "Spatial", "SpatialLearned", "SpatialORB",
+    "Store", "SuperGlobal", "describe", "get",
 ]
 
 REGISTRY: Mapping[str, type[Reranker]] = MappingProxyType(
-    {cls.name: cls for cls in (SuperGlobal, AlphaQE, Spatial, SpatialORB)}
+    {cls.name: cls for cls in (SuperGlobal, AlphaQE, Spatial, SpatialORB, SpatialLearned, ITM, VLM)}
 )
 
 _NONE = ("", "none")
@@ -60,6 +62,7 @@ def describe() -> list[dict[str, Any]]:
             "class": f"{cls.__module__}.{cls.__qualname__}",
             "parameters": {f.name: f.default for f in dataclasses.fields(cls)},  # type: ignore[arg-type]
             "doc": (cls.__doc__ or "").strip().splitlines()[0],
+            "missing": missing_modules(getattr(cls, "requires", ())),   # empty: installed
         }
         for name, cls in REGISTRY.items()
     ]

@@ -68,7 +68,7 @@ def require(stage: str, modules: Sequence[str], extra: str = EXTRA) -> None:
     gone = missing_modules(modules)
     if gone:
         raise MissingExtra(
-            f"the {stage} reranker needs {', '.join(gone)}: pip install 'loupe[{extra}]' "
+            f"the {stage} reranker needs {', '.join(gone)}: pip install 'loupe-search[{extra}]' "
             f"(or pip install {' '.join(gone)})"
         )
 
