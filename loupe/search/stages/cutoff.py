@@ -18,10 +18,11 @@ scores d gets from a bank of typical queries (`hubness.QueryBank`: for an image
 query the same gallery sample, used as queries, without d itself; for a text query
 generic captions, `text_bank`, which the library makes once per model). "How
 unusually close is this query to d, for d" instead of "how unusually close is d,
-for this query". `side="both"` averages the two (S-norm). On the labelled photos
-of benchmarks/answers.py the gallery side separates queries with and without a
-relevant result far better than the query side (whose sigma_q a dense cluster of
-relevant images inflates); the benchmark gives the numbers.
+for this query". `side="both"` averages the two (S-norm). The default is the
+gallery side: on the labelled photos of benchmarks/answers.py it separates
+queries with and without a relevant result far better than the query side
+(AUC 0.966 against 0.459: a dense cluster of relevant images inflates sigma_q,
+and sparse or unusual queries get a heavy upper tail).
 
 s is the cosine q . d recomputed from the stored vectors, whatever the stages
 before did to the scores (their order is kept). Where spatial verification ran
@@ -146,15 +147,22 @@ def gallery_z(s: np.ndarray, ids: np.ndarray, vectors: np.ndarray, bank: np.ndar
               exclude: frozenset[int] | set[int] = frozenset()) -> np.ndarray:
     """(s_d - mu_d) / sigma_d per result d, its moments over the scores the bank's queries give
     it (a bank query that is d itself, or an excluded id such as the query image, left out)."""
-    sims = np.asarray(vectors, np.float64) @ np.asarray(bank, np.float64).T     # [results, bank]
+    sims = (np.asarray(vectors, np.float32) @ np.asarray(bank, np.float32).T).astype(np.float64)
     bank_ids = np.asarray(bank_ids, np.int64)
     own = np.asarray(ids, np.int64)[:, None] == bank_ids[None, :]
     if exclude:
         own |= np.isin(bank_ids, np.fromiter(exclude, np.int64))[None, :]
+    s = np.asarray(s, np.float64)
+    if statistic == "mean":                 # all rows at once: the same as `moments` per row
+        keep = ~own
+        count = keep.sum(axis=1)
+        mu = np.where(keep, sims, 0.0).sum(axis=1) / count
+        var = np.where(keep, (sims - mu[:, None]) ** 2, 0.0).sum(axis=1) / count
+        return (s - mu) / np.maximum(np.sqrt(var), 1e-6)
     out = np.empty(len(sims))
     for row in range(len(sims)):
-        mu, sigma = moments(sims[row][~own[row]], statistic)
-        out[row] = (s[row] - mu) / sigma
+        mu_r, sigma_r = moments(sims[row][~own[row]], statistic)
+        out[row] = (s[row] - mu_r) / sigma_r
     return out
 
 
