@@ -71,6 +71,7 @@ class Library:
         self.device = device
         self._encoders: dict[frozenset[str], Encoder] = {}
         self._vectors: SpaceVectors | None = None
+        self._text_bank: tuple[Any, Any] | None = None
         self._lock = threading.RLock()
 
     # --- opening ----------------------------------------------------------------------------
@@ -366,7 +367,24 @@ class Library:
         store = self.store
         query = QueryBuilder(lambda: self.tower(*_towers_for(request)), store, self.resolve).build(
             request, need_pixels=any(s.needs_pixels for s in stages))
+        self._give_text_bank(stages, query, store)
         return pipeline.run(query, store, request.k, stages, request.rerank_depth, request.threshold)
+
+    def _give_text_bank(self, stages: list[Any], query: Query, store: CatalogStore) -> None:
+        """Stages that calibrate a text query against typical queries (cut-off, hubness) get
+        the bank of generic captions, encoded once per space and index generation."""
+        needy = [s for s in stages if hasattr(s, "text_bank") and s.text_bank is None]
+        if not needy:
+            return
+        from loupe.search.stages.hubness import is_text_query, text_bank
+
+        if not is_text_query(query):
+            return
+        key = (self._space_id(), self.vectors_of_space.snapshot().generation)
+        if self._text_bank is None or self._text_bank[0] != key:
+            self._text_bank = (key, text_bank(self.tower("text").encode_text, store))
+        for stage in needy:
+            stage.text_bank = self._text_bank[1]
 
     def hits(self, cands: Candidates) -> list[Hit]:
         """Candidates as the user sees them. An id whose row left the catalog since the

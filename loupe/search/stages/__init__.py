@@ -20,19 +20,23 @@ from typing import Any
 
 from loupe.core.types import Store
 from loupe.search.stages.base import Reranker
+from loupe.search.stages.cutoff import Cutoff
+from loupe.search.stages.hubness import Hubness
 from loupe.search.stages.itm import ITM, missing_modules
+from loupe.search.stages.mmr import MMR
 from loupe.search.stages.qe import AlphaQE
 from loupe.search.stages.spatial import Spatial, SpatialLearned, SpatialORB
 from loupe.search.stages.superglobal import SuperGlobal
 from loupe.search.stages.vlm import VLM
 
 __all__ = [
-    "ITM", "REGISTRY", "VLM", "AlphaQE", "Reranker", "Spatial", "SpatialLearned", "SpatialORB",
+    "ITM", "MMR", "REGISTRY", "VLM", "AlphaQE", "Cutoff", "Hubness", "Reranker", "Spatial", "SpatialLearned", "SpatialORB",
     "Store", "SuperGlobal", "describe", "get",
 ]
 
 REGISTRY: Mapping[str, type[Reranker]] = MappingProxyType(
-    {cls.name: cls for cls in (SuperGlobal, AlphaQE, Spatial, SpatialORB, SpatialLearned, ITM, VLM)}
+    {cls.name: cls for cls in (SuperGlobal, AlphaQE, Spatial, SpatialORB, SpatialLearned, ITM, VLM,
+                               Cutoff, MMR, Hubness)}
 )
 
 _NONE = ("", "none")
