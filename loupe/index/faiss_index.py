@@ -19,10 +19,11 @@ from loupe.index.base import IndexBase, topk
 
 # Search-time defaults, chosen with benchmarks/ann.py, which sweeps them and keeps the fastest
 # setting with recall@10 >= 0.95 on 1M x 512 clustered vectors (results/ann.json, "sweep"):
-# HNSW32,SQ8,Refine needed efSearch 192 (recall@10 0.961 with k_factor 1). Overridable per index:
-# build(..., ef_search=..., nprobe=..., k_factor=...).
+# HNSW32,SQ8,Refine needed efSearch 192 (recall@10 0.961 with k_factor 1, 0.973 with the default
+# k_factor 2); IVF2048,PQ128x4fs,Refine needed nprobe 32 with k_factor 20 (0.970; nprobe 8:
+# 0.949, nprobe 16: 0.962). Overridable per index: build(..., ef_search=, nprobe=, k_factor=).
 EF_SEARCH = 192
-NPROBE = 16
+NPROBE = 32
 K_FACTOR = {"hnsw": 2, "ivf": 20, "faiss": 4}
 # A selector that passes a share s of positions makes HNSW visit ~1/s times more nodes for the
 # same number of hits, so efSearch is divided by s (capped); IVF probes nprobe / sqrt(s) lists.
