@@ -59,7 +59,11 @@ class _Group(TyperGroup):
         except USER_ERRORS as exc:
             err.print(f"[bold red]error:[/] {escape(printable(str(exc)))}", highlight=False)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, ImportError) as exc:
+            # Ctrl-C while a library initialises (ONNX Runtime) surfaces as an ImportError
+            # whose context is the interrupt.
+            if isinstance(exc, ImportError) and not isinstance(exc.__context__, KeyboardInterrupt):
+                raise
             err.print("[yellow]interrupted[/]: everything finished before this is saved; "
                       "run the same command again to carry on.")
             raise typer.Exit(130) from None

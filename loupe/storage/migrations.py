@@ -136,7 +136,8 @@ def migrate(db: sqlite3.Connection) -> list[str]:
                 applied.append(name)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # an interrupt as COMMIT returned leaves none to roll back
+                db.execute("ROLLBACK")
             raise
     return applied
 
