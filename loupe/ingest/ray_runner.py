@@ -30,6 +30,7 @@ and `weights` (a local file) must be readable at the same path on every node.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import socket
@@ -67,11 +68,14 @@ MAX_COMMIT_ROWS = 1024
 
 __all__ = ["RayIndexStats", "run_index_ray", "connect"]
 
+log = logging.getLogger("loupe.ingest.ray")
+
 
 class RayIndexStats(dict):
     """What the Ray side did, attached to the report as `report.ray`: `embedded_by` (images
-    embedded per "host:pid" of an embedding actor) and `resources` (the cluster's, as Ray saw
-    them when the run started)."""
+    embedded per "host:pid" of an embedding actor), `actor_init_s` (each actor's model load),
+    `read_s` / `embed_s` (worker seconds spent reading + decoding + preparing, and in the
+    model, summed over files), `first_to_last_result_s`, and `resources` (the cluster's)."""
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None,
@@ -187,10 +191,18 @@ def _commit_all(catalog: Catalog, rows: Iterator[dict[str, Any]], state: RunStat
         if progress:
             progress(done, total)
 
+    times = {"read_s": 0.0, "embed_s": 0.0}
+    init: dict[str, float] = {}
+    first = last = None
     for row in rows:
         item = _item(row)
+        last = time.perf_counter()
+        first = first or last
+        times["read_s"] += float(row["read_s"])
+        times["embed_s"] += float(row["embed_s"])
         if row["worker"]:
             workers[row["worker"]] = workers.get(row["worker"], 0) + 1
+            init[row["worker"]] = round(float(row["init_s"]), 2)
         batch.append(item)
         n_new += item.vector is not None
         if n_new >= options.batch_size or len(batch) >= MAX_COMMIT_ROWS:
@@ -201,7 +213,10 @@ def _commit_all(catalog: Catalog, rows: Iterator[dict[str, Any]], state: RunStat
         raise RuntimeError(f"Ray returned {done} results for {total} files")
     import ray
 
-    return RayIndexStats(embedded_by=workers, resources=dict(ray.cluster_resources()))
+    return RayIndexStats(embedded_by=workers, resources=dict(ray.cluster_resources()),
+                         actor_init_s=init, read_s=round(times["read_s"], 2),
+                         embed_s=round(times["embed_s"], 2),
+                         first_to_last_result_s=round((last or 0) - (first or 0), 2))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,6 +241,15 @@ def _pipeline(todo: list[FileEntry], known: set[str], identity: dict[str, Any],
     # unpickled by every task). Content new in this run is not in it: files with the same new
     # content are each embedded (the commit keeps one vector; `copies` counts the others).
     known_ref = ray.put(_digests(known))
+    res = ray.cluster_resources()
+    if num_gpus and res.get("GPU", 0) < num_gpus:
+        log.warning("the embedding actors ask for %s GPU each and the Ray cluster has %s: they "
+                    "wait until the cluster gets one", num_gpus, res.get("GPU", 0))
+    smallest = actors if isinstance(actors, int) else (actors or (1,))[0]
+    if smallest * cpus_per_actor > res.get("CPU", 0) - 1:
+        log.warning("%s embedding actor(s) of %s CPU leave less than one of the cluster's %s CPUs "
+                    "for reading: the run waits until the cluster grows", smallest,
+                    cpus_per_actor, res.get("CPU", 0))
     if actors is None:
         cap = max(1, int(_cluster_capacity(num_gpus, cpus_per_actor)))
         actors = (1, cap) if cap > 1 else 1
@@ -313,13 +337,15 @@ def _read_batch(batch: dict[str, np.ndarray], *, root: str, known_ref: Any,
     known = _SortedHashes(ray.get(known_ref))
     prepare = _prepare_fn(identity, model, weights, backend)
     out: dict[str, list[Any]] = {k: [] for k in ("rel", "size", "mtime", "sha", "meta", "error",
-                                                  "reused", "pixels")}
+                                                  "reused", "pixels", "read_s")}
     base = Path(root)
     for rel, size, mtime in zip(batch["rel"], batch["size"], batch["mtime"], strict=True):
         entry = FileEntry(str(rel), int(size), float(mtime))
+        t = time.perf_counter()
         it = emb.read(entry, base, known=known, max_file_bytes=max_file_bytes,
                       max_pixels=max_pixels, image_size=int(identity["image_size"]),
                       prepare=prepare)
+        out["read_s"].append(time.perf_counter() - t)
         out["rel"].append(entry.rel)
         out["size"].append(entry.size)
         out["mtime"].append(entry.mtime)
@@ -341,7 +367,7 @@ def _columns(out: dict[str, list[Any]]) -> dict[str, np.ndarray]:
             cols[k] = arr
         elif k == "size":
             cols[k] = np.asarray(v, np.int64)
-        elif k == "mtime":
+        elif k in ("mtime", "read_s"):
             cols[k] = np.asarray(v, np.float64)
         elif k == "reused":
             cols[k] = np.asarray(v, bool)
@@ -357,6 +383,7 @@ class _Embedder:
                  identity: dict[str, Any], threads: int):
         from loupe.models import load_encoder, space_key
 
+        started = time.perf_counter()
         self.encoder = load_encoder(model, weights, device, backend=backend, towers=("image",),
                                     threads=threads if device == "cpu" else None)
         if space_key(self.encoder.identity) != space_key(identity):
@@ -371,11 +398,14 @@ class _Embedder:
         size = int(identity["image_size"])
         self.shape = (3, size, size)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.init_s = time.perf_counter() - started
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items = [Item(FileEntry("", 0, 0.0), pixels=np.frombuffer(p, np.float32).reshape(self.shape)
                       if len(p) else None) for p in batch["pixels"]]
+        t = time.perf_counter()
         emb.embed(items, self.encoder.encode_pixels)
+        secs = time.perf_counter() - t
         vectors = [np.asarray(it.vector, np.float32).tobytes() if it.vector is not None else b""
                    for it in items]
         out = {k: v for k, v in batch.items() if k != "pixels"}
@@ -383,6 +413,9 @@ class _Embedder:
         arr[:] = vectors
         out["vector"] = arr
         out["worker"] = np.asarray([self.worker if len(v) else "" for v in vectors], dtype=object)
+        n_new = max(1, sum(1 for v in vectors if len(v)))
+        out["embed_s"] = np.asarray([secs / n_new if len(v) else 0.0 for v in vectors])
+        out["init_s"] = np.full(len(vectors), self.init_s)
         return out
 
 
