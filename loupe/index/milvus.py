@@ -174,6 +174,7 @@ class MilvusIndex:
         self._ids = np.zeros(0, np.int64)      # sorted live ids (the mirror)
         self._client: Any = None
         self._created = False
+        self._private = False   # created by this object and never saved: only it writes there
         self._lock = threading.RLock()
 
     # -- connection ----------------------------------------------------------------------------
@@ -198,23 +199,45 @@ class MilvusIndex:
             self._client = MilvusClient(self.uri, **kwargs)
         return self._client
 
-    def _ensure(self) -> None:
-        """Create the collection (first write of a fresh index)."""
+    def _ensure(self, indexed: bool = True) -> None:
+        """Create the collection (first write of a fresh index); `indexed=False` leaves the
+        vector index to `_index_and_load` (a bulk load: one index build after the inserts)."""
         if self._created:
             return
         from pymilvus import DataType
 
         c = self.client
         if not c.has_collection(self.collection):
+            self._private = True
             schema = c.create_schema(auto_id=False, enable_dynamic_field=False)
             schema.add_field(ID, DataType.INT64, is_primary=True)
             schema.add_field(VEC, DataType.FLOAT_VECTOR, dim=self.dim)
-            params = c.prepare_index_params()
-            params.add_index(field_name=VEC, index_type=self.opts["index"], metric_type="IP",
-                             params=self._build_params())
-            c.create_collection(self.collection, schema=schema, index_params=params,
-                                consistency_level="Strong")
+            if indexed:
+                c.create_collection(self.collection, schema=schema,
+                                    index_params=self._index_params(),
+                                    consistency_level="Strong")
+            else:
+                c.create_collection(self.collection, schema=schema, consistency_level="Strong")
         self._created = True
+
+    def _index_params(self):
+        params = self.client.prepare_index_params()
+        params.add_index(field_name=VEC, index_type=self.opts["index"], metric_type="IP",
+                         params=self._build_params())
+        return params
+
+    def _index_and_load(self) -> None:
+        """After a bulk load: seal what was inserted, build the index once, load."""
+        c = self.client
+        self._retry(c.flush, self.collection)
+        try:
+            c.create_index(self.collection, self._index_params())
+        except Exception as exc:  # noqa: BLE001 - pymilvus raises MilvusException
+            # pymilvus retries a call whose connection dropped (a long index build outlives
+            # the gRPC keepalive): the retry finds the index the first call made.
+            if "already exists" not in str(exc):
+                raise
+        c.load_collection(self.collection)
 
     def _build_params(self) -> dict[str, Any]:
         t, o = self.opts["index"], self.opts
@@ -249,7 +272,7 @@ class MilvusIndex:
         """Delete the collection and forget its rows (benchmarks and tests clean up with it)."""
         with self._lock:
             if self.client.has_collection(self.collection):
-                self.client.drop_collection(self.collection)
+                self._retry(self.client.drop_collection, self.collection)
             self._ids = np.zeros(0, np.int64)
             self._created = False
 
@@ -284,7 +307,11 @@ class MilvusIndex:
             ids, rows = ids[keep], rows[keep]
         with self._lock:
             self._ensure()
-            present = self._contains(ids)
+            # Plain inserts only into a collection no other process has seen (created here and
+            # never saved): Milvus does not check primary keys on insert, so anywhere else an
+            # id the mirror does not know yet may be in the collection, and upsert is the safe
+            # write.
+            present = self._contains(ids) if self._private else np.ones(len(ids), bool)
             for mask, write in ((~present, self.client.insert), (present, self.client.upsert)):
                 sel = np.flatnonzero(mask)
                 for s in range(0, len(sel), WRITE_ROWS):
@@ -402,9 +429,10 @@ class MilvusIndex:
         return topk(sc, ids, k)
 
     def _retry(self, fn, *args, **kwargs):
-        """Reads and flushes, retried on Milvus Lite's race between its background compaction
-        and the index build of a segment it just merged away (milvus-lite 3.2.2 answers
-        "[Errno 2] No such file or directory: '<segment>.vector.hnsw.idx'" now and then)."""
+        """Reads, flushes and drops, retried on Milvus Lite's race between its background
+        compaction and the index build of a segment it just merged away (milvus-lite 3.2.2
+        answers "[Errno 2] No such file or directory: '<segment>.vector.hnsw.idx'" now and
+        then, seen on flush and drop_collection after inserts of 100k-1M rows)."""
         for attempt in range(LITE_RETRIES + 1):
             try:
                 return fn(*args, **kwargs)
@@ -412,7 +440,7 @@ class MilvusIndex:
                 if (attempt == LITE_RETRIES or not is_lite(self.uri)
                         or "No such file or directory" not in str(exc)):
                     raise
-                time.sleep(1.0 * (attempt + 1))
+                time.sleep(2.0 * (attempt + 1))
         raise AssertionError("unreachable")
 
     def _contains(self, ids: np.ndarray) -> np.ndarray:
@@ -462,6 +490,7 @@ class MilvusIndex:
         folder.mkdir(parents=True, exist_ok=True)
         with self._lock:
             self.flush()
+            self._private = False
             older = _saved_collections(folder)
             tmp = folder / f".tmp-{uuid.uuid4().hex}"
             tmp.mkdir()
@@ -487,7 +516,7 @@ class MilvusIndex:
             for (uri, name) in older:
                 if name != self.collection and uri == self.uri and \
                         self.client.has_collection(name):
-                    self.client.drop_collection(name)
+                    self._retry(self.client.drop_collection, name)
 
     @classmethod
     def load(cls, folder) -> MilvusIndex:
@@ -562,5 +591,11 @@ def build(spec: str, dim: int, ids=None, vectors=None) -> MilvusIndex:
     if ids is not None or vectors is not None:
         if ids is None or vectors is None:
             raise ValueError("give both ids and vectors, or neither")
-        index.add(ids, vectors)
+        if len(as_ids(ids)):
+            # A bulk load: insert into an unindexed collection, then build the index once
+            # (Milvus's advice for large loads; and Milvus Lite 3.2.2 otherwise races its
+            # background compaction against per-segment index builds during the inserts).
+            index._ensure(indexed=False)
+            index.add(ids, vectors)
+            index._index_and_load()
     return index
