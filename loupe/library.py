@@ -224,6 +224,20 @@ class Library:
         finally:
             os.close(fd)
 
+    def writer_busy(self) -> bool:
+        """True while another process holds the write lock (a probe: takes and drops it).
+        Lets a face refuse a run up front instead of starting one that fails at once."""
+        if self.catalog.read_only:
+            return False
+        fd = os.open(self.path / WRITE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)   # closing drops the lock if we took it
+        return False
+
     def set_index_spec(self, spec: str | None) -> None:
         """Force the search index kind of the active space (None: chosen by size again)."""
         from loupe import index as ann

@@ -594,3 +594,26 @@ def test_serve_command_for_real(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_start_while_another_process_indexes_is_409(fresh):
+    # Another process (the CLI) holds the library's write lock: the server says so up front
+    # instead of answering 202 and failing at once in the background.
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT);"
+         "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()",
+         str(fresh.lib.path / "write.lock")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert "another process" in error_of(fresh.client.post("/api/index", headers=AUTH), 409)
+        assert fresh.client.get("/api/index").json()["running"] is False
+    finally:
+        holder.stdin.close()
+        holder.wait(10)
+    assert fresh.client.post("/api/index", headers=AUTH).status_code == 202
+    assert wait_idle(fresh.client)["state"] == "done"

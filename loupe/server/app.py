@@ -202,6 +202,10 @@ def create_app(lib: Library, token: str, *, max_upload_bytes: int = MAX_UPLOAD_B
     @app.post("/api/index", tags=["index"], status_code=202, dependencies=[Admin])
     def index_start() -> dict[str, Any]:
         """Start an incremental re-index in the background (needs the admin token)."""
+        if indexer.running:
+            raise HTTPException(409, "a re-index is already running")
+        if lib.writer_busy():
+            raise HTTPException(409, "another process is indexing this library; try again when it is done")
         if not indexer.start():
             raise HTTPException(409, "a re-index is already running")
         return indexer.status()
