@@ -261,8 +261,19 @@ def search(
         metavar="[QUERY]...")] = None,
     image: Annotated[Path | None, typer.Option("--image", "-I", help="Search by this image file.",
                                                show_default=False, metavar="FILE")] = None,
-    like: Annotated[str | None, typer.Option(help="More like this indexed image (path or id).",
-                                             show_default=False, metavar="PATH|ID")] = None,
+    like: Annotated[list[str] | None, typer.Option(
+        help="More like this indexed image (path or id). Repeat it, or add --unlike, for "
+        "relevance feedback: more like these, added to the query.", show_default=False,
+        metavar="PATH|ID")] = None,
+    unlike: Annotated[list[str] | None, typer.Option(
+        help="Fewer like this indexed image (repeatable; relevance feedback).",
+        show_default=False, metavar="PATH|ID")] = None,
+    diverse: Annotated[float | None, typer.Option(
+        min=0, max=1, help="Vary the results (MMR): 1 = plain relevance, 0.7 a little variety, "
+        "0.3 very varied.", show_default=False, metavar="LAMBDA")] = None,
+    show_all: Annotated[bool, typer.Option(
+        "--all", help="Show every result: no confidence cut-off, near-duplicates not folded "
+        "(the confidence is still reported).")] = False,
     weight: Annotated[float, typer.Option(min=0, max=1, help="Image+text: weight of the image (1 = image only).",
                                           metavar="W")] = 0.5,
     box: Annotated[str | None, typer.Option(help="Search with a region of the query image: x0,y0,x1,y1 pixels.",
@@ -315,8 +326,17 @@ def search(
     Inside the indexed folder, only the folder you are in (and below) is searched,
     unless --everywhere.
 
+    Results you can trust: a result shows only when its calibrated confidence clears
+    the cut-off, so a query with no good match says "no confident match" instead of
+    listing noise; near-duplicates fold into their best one ("+3 similar"). --all
+    shows everything. The `answers` setting (`loupe settings`) holds the default.
+
     \b
     loupe search "a dog on a beach"
+    loupe search "a dog on a beach" --all --format json   # raw and calibrated scores
+    loupe search --like a.jpg --like b.jpg --unlike c.jpg # more like these, not that
+    loupe search "beach" --like sunset.jpg                # the text, moved toward sunset.jpg
+    loupe search "church" --diverse 0.5                   # varied results
     loupe search --image query.jpg
     loupe search --image dress.jpg "in green" --weight 0.5
     loupe search --like holidays/IMG_0042.jpg --since 2023-01-01
@@ -328,12 +348,19 @@ def search(
         raise QueryError(f"--format {output!r}: use one of {', '.join(FORMATS)}")
     words = [w for w in (query or []) if w.strip()]
     box_value = parse_box(box) if box else None
-    if box_value is not None and image is None and like is None:
-        raise QueryError("--box selects a region of a query image: give --image FILE or --like PATH|ID")
+    likes, unlikes = list(like or []), list(unlike or [])
+    # One --like alone is "more like this image" (with text: the image, edited by the text);
+    # several, or any --unlike, is relevance feedback on the query.
+    feedback = len(likes) > 1 or bool(unlikes)
+    if box_value is not None and image is None and (not likes or feedback):
+        raise QueryError("--box selects a region of a query image: give --image FILE or one --like PATH|ID")
     if image is not None:
         _check_image_file(image)
     types = tuple(_format_name(t) for t in file_type or ())
     chain = _check_rerank(rerank, show_boxes)
+    from loupe.search.answers import face_chain, summary
+
+    chain = face_chain(chain, show_all=show_all, diverse=diverse)
     lib = _open(library, model, weights, device)
     if update:
         _index_with_progress(lib, IndexOptions(), quiet=fmt != "table")
@@ -345,20 +372,26 @@ def search(
                       min_width=min_width, min_height=min_height, types=types)
     if glob and not lib.count_matching(Filters(glob=glob)):
         raise QueryError(f"--glob {glob!r} matches no indexed image")
-    like_ref = _check_like(lib, like) if like is not None else None
+    liked = [_check_like(lib, ref) for ref in likes]
+    unliked = [_check_like(lib, ref, "--unlike") for ref in unlikes]
+    like_ref = liked[0] if liked and not feedback else None
     request = SearchRequest(k=top, filters=filters, threshold=threshold, rerank=chain,
-                            rerank_depth=rerank_depth, box=box_value)
-    if words and looks_like_expr(words) and image is None and like is None:
+                            rerank_depth=rerank_depth, box=box_value,
+                            liked=liked if feedback else (), unliked=unliked)
+    if words and looks_like_expr(words) and image is None and like_ref is None:
         request.expr = words
     else:
         request.text, request.image, request.like, request.weight = " ".join(words) or None, image, like_ref, weight
     hits = lib.search(request=request)
+    answer = summary(chain, len(hits), top)
     if show_boxes is not None:
         _draw_boxes(lib, hits, show_boxes)
-    if not hits:
+    if answer.get("message"):
+        err.print(f"[yellow]{escape(answer['message'])}[/]; --all shows every result", highlight=False)
+    elif not hits:
         err.print("no results" + (" above the threshold" if threshold is not None else "")
                   + ("" if filters.is_empty() else " with these filters"))
-    write_hits(hits, fmt, lib.path)
+    write_hits(hits, fmt, lib.path, extra=answer)
 
 
 def _check_image_file(path: Path) -> None:
@@ -392,12 +425,15 @@ def _check_rerank(spec: str | None, show_boxes: Path | None) -> list[Any] | None
     return chain
 
 
-def _check_like(lib: Library, ref: str) -> int:
+def _check_like(lib: Library, ref: str, flag: str = "--like") -> int:
     """--like names an indexed image: one that failed to index is said with its reason."""
-    image_id = lib.resolve(ref)
+    try:
+        image_id = lib.resolve(ref)
+    except QueryError as exc:
+        raise QueryError(f"{flag} {ref}: {exc}") from None
     rec = lib.record(image_id)
     if rec["status"] != "ok":
-        raise QueryError(f"--like {ref}: {printable(rec['path'])} could not be indexed: {rec['error']}")
+        raise QueryError(f"{flag} {ref}: {printable(rec['path'])} could not be indexed: {rec['error']}")
     return image_id
 
 
@@ -552,11 +588,13 @@ def _draw_boxes(lib: Library, hits: list[Any], folder: Path) -> None:
 
 
 # Sub-commands that live with their feature.
+from loupe.dups.cli import register as _register_dups  # noqa: E402
 from loupe.eval.cli import register as _register_eval  # noqa: E402
 from loupe.server.cli import register as _register_serve  # noqa: E402
 
 _register_serve(app)
 _register_eval(app)
+_register_dups(app)
 
 
 def main() -> None:

@@ -51,16 +51,20 @@ def hit_rows(hits: Sequence[Any], cwd: Path | None = None) -> list[dict[str, Any
         size = f"{h.meta['width']}x{h.meta['height']}" if h.meta.get("width") else ""
         rows.append({"rank": rank, "id": h.id, "score": round(float(h.score), 4),
                      "path": shown_path(h.path, cwd), "size": size,
-                     "date": (h.meta.get("date") or "")[:10], "box": bool(h.box)})
+                     "date": (h.meta.get("date") or "")[:10], "box": bool(h.box),
+                     "confidence": h.meta.get("confidence"),
+                     "similar": (h.meta.get("group") or {}).get("size", 1) - 1})
     return rows
 
 
-def write_hits(hits: Sequence[Any], fmt: str, library: Path, stream: Any = None) -> None:
-    """Print `hits` in `fmt` (see FORMATS) on stdout."""
+def write_hits(hits: Sequence[Any], fmt: str, library: Path, stream: Any = None,
+               extra: dict[str, Any] | None = None) -> None:
+    """Print `hits` in `fmt` (see FORMATS) on stdout; `extra` (what the answer stages say:
+    confident, message) goes into the JSON object."""
     stream = stream or sys.stdout
     if fmt == "json":
-        stream.write(json.dumps({"library": str(library), "results": [h.to_dict() for h in hits]},
-                                indent=2) + "\n")
+        stream.write(json.dumps({"library": str(library), **(extra or {}),
+                                 "results": [h.to_dict() for h in hits]}, indent=2) + "\n")
     elif fmt == "jsonl":
         for h in hits:
             stream.write(json.dumps(h.to_dict()) + "\n")
@@ -91,13 +95,22 @@ def write_table(rows: list[dict[str, Any]], stream: Any) -> None:
                              justify="right" if col in ("rank", "id", "score", "size") else "left")
         for r in rows:
             path = Text(r["path"]) + (Text(" ▣ box", style="green") if r["box"] else Text(""))
-            table.add_row(str(r["rank"]), str(r["id"]), f"{r['score']:.4f}", path, r["size"], r["date"])
+            if r.get("similar"):
+                path += Text(f" +{r['similar']} similar", style="cyan")
+            table.add_row(str(r["rank"]), str(r["id"]), _score(r), path, r["size"], r["date"])
         Console(file=stream).print(table)
         return
     cells = [["#", "id", "score", "path", "size", "date"]] + [
-        [str(r["rank"]), str(r["id"]), f"{r['score']:.4f}", r["path"] + (" [box]" if r["box"] else ""),
+        [str(r["rank"]), str(r["id"]), _score(r), r["path"] + (" [box]" if r["box"] else "")
+         + (f" [+{r['similar']} similar]" if r.get("similar") else ""),
          r["size"], r["date"]] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
     for row in cells:
         parts = [c.rjust(w) if i in (0, 1, 2) else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
         stream.write("  ".join(parts).rstrip() + "\n")
+
+
+def _score(row: dict[str, Any]) -> str:
+    """The score, and the calibrated confidence when the cut-off gave one (z, in sigmas)."""
+    conf = row.get("confidence")
+    return f"{row['score']:.4f}" + (f" z{conf:.1f}" if conf is not None else "")

@@ -379,8 +379,15 @@ class Library:
             raise QueryError(f"k must be at least 1, got {request.k}")
         stages = _stages(request.rerank)
         store = self.store
-        query = QueryBuilder(lambda: self.tower(*_towers_for(request)), store, self.resolve).build(
-            request, need_pixels=any(s.needs_pixels for s in stages))
+        builder = QueryBuilder(lambda: self.tower(*_towers_for(request)), store, self.resolve)
+        need_pixels = any(s.needs_pixels for s in stages)
+        if request.liked or request.unliked:   # relevance feedback moves the query first
+            from loupe.search.answers import with_feedback
+
+            query = with_feedback(request, lambda r: builder.build(r, need_pixels=need_pixels),
+                                  store, self.resolve)
+        else:
+            query = builder.build(request, need_pixels=need_pixels)
         self._give_text_bank(stages, query, store)
         return pipeline.run(query, store, request.k, stages, request.rerank_depth, request.threshold)
 
@@ -403,14 +410,19 @@ class Library:
     def hits(self, cands: Candidates) -> list[Hit]:
         """Candidates as the user sees them. An id whose row left the catalog since the
         snapshot was taken (a file deleted by a concurrent index run) is skipped."""
+        from loupe.search.answers import hit_meta, member_ids
+
         records = self.catalog.records(cands.ids)
+        if cands.members:   # collapsed duplicates are listed with their paths
+            records = {**self.catalog.records(np.asarray(member_ids(cands), np.int64)), **records}
         out = []
-        for i, s, b in zip(cands.ids, cands.scores, cands.boxes, strict=True):
+        for row, (i, s, b) in enumerate(zip(cands.ids, cands.scores, cands.boxes, strict=True)):
             rec = records.get(int(i))
             if rec is None:
                 continue
             meta = {k: rec[k] for k in ("width", "height", "format", "date", "camera", "sha256")}
             meta["rel_path"] = rec["path"]
+            meta.update(hit_meta(cands, row, records))
             out.append(Hit(int(i), self.root / rec["path"], float(s), b, meta))
         return out
 

@@ -19,11 +19,17 @@ TINY = "loupe-tiny:random"
 def pytest_configure(config: pytest.Config) -> None:
     """Models exported during the run go to a fresh folder, never the user's cache; the suite
     runs models on torch (exporting each test's model would cost ~30 s a test) except where
-    a test clears LOUPE_BACKEND to test the exported path. Subprocesses inherit both."""
+    a test clears LOUPE_BACKEND to test the exported path; searches from the faces run
+    without the answer stages unless a test turns them on. Subprocesses inherit all three."""
     import tempfile
 
     os.environ["LOUPE_MODEL_CACHE"] = tempfile.mkdtemp(prefix="loupe-test-models-")
     os.environ.setdefault("LOUPE_BACKEND", "torch")
+    # The answer stages the CLI and the page add by default (cut-off, collapse) are calibrated
+    # for real models: the random-weight tiny model puts every pair of images at cosine ~0.99,
+    # so collapse would fold any library into one group. The suite searches without them;
+    # the tests of the answers (tests/test_answers_faces.py) turn them on.
+    os.environ.setdefault("LOUPE_ANSWERS", "none")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

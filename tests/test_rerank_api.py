@@ -33,7 +33,7 @@ def test_get_parses_chains_parameters_and_instances() -> None:
 
 
 def test_get_rejects_unknown_names_and_bad_parameters() -> None:
-    with pytest.raises(ValueError, match="unknown reranker 'colbert'; known: superglobal, qe, spatial, spatial-orb, spatial-learned, itm, vlm, cutoff, mmr, hubness"):
+    with pytest.raises(ValueError, match="unknown reranker 'colbert'; known: superglobal, qe, spatial, spatial-orb, spatial-learned, itm, vlm, cutoff, mmr, hubness, collapse"):
         rerank.get("superglobal,colbert")
     with pytest.raises(ValueError, match="key one of depth, k, beta, device"):
         rerank.get("superglobal:gamma=2")

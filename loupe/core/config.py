@@ -34,6 +34,10 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("index_memory_budget", 1024**3,
             "Bytes the search index may keep in RAM; larger libraries get a compressed index."),
     Setting("k", 20, "Results per search."),
+    Setting("answers", "cutoff,collapse",
+            "Stages the CLI and the page add to every search: the calibrated cut-off (no "
+            "confident match) and near-duplicate collapse; 'none' shows plain top-k. "
+            "--all / 'show all' turns them off for one search."),
     Setting("fusion_weight", 0.5, "Image+text queries: weight of the image (1 = image only)."),
 )}
 

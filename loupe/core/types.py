@@ -39,7 +39,8 @@ class SearchRequest:
     Query terms: `text`, `image` (a file or pixels), `like` (an indexed image, by id or
     path), `weight` (image vs text in image+text queries), `expr` (query arithmetic),
     `box` (a region of the query image). Then how many results, which part of the
-    library, which stages after the first, and a score floor."""
+    library, which stages after the first, a score floor, and relevance feedback
+    (`liked`, `unliked`: indexed images by id or path)."""
 
     text: str | None = None
     image: Any = None                       # str | Path | PIL.Image.Image
@@ -52,6 +53,8 @@ class SearchRequest:
     rerank: Any = None                      # a spec string, names, or Reranker instances
     rerank_depth: int | None = None
     threshold: float | None = None
+    liked: Sequence[int | str | Path] = ()     # relevance feedback (Rocchio): more like these
+    unliked: Sequence[int | str | Path] = ()   # ... fewer like these
 
 
 @dataclass
@@ -79,6 +82,11 @@ class Candidates:
     scores: np.ndarray                      # float32
     boxes: list[Box | None] = field(default_factory=list)
     groups: np.ndarray | None = None        # int64 group label per candidate (duplicates), if grouped
+    # Answer columns (loupe.search.answers): the calibrated score of the cut-off, and for a
+    # collapsed group its size (itself included) and the ids it stands for (best first).
+    confidence: np.ndarray | None = None    # float32 per candidate, NaN where not calibrated
+    group_size: np.ndarray | None = None    # int64 per candidate
+    members: list[tuple[int, ...]] | None = None   # the other members of its group
 
     def __post_init__(self) -> None:
         self.ids = np.asarray(self.ids, dtype=np.int64)
@@ -91,6 +99,16 @@ class Candidates:
             self.groups = np.asarray(self.groups, dtype=np.int64)
             if len(self.groups) != len(self.ids):
                 raise ValueError("groups must have one label per candidate")
+        if self.confidence is not None:
+            self.confidence = np.asarray(self.confidence, dtype=np.float32)
+        if self.group_size is not None:
+            self.group_size = np.asarray(self.group_size, dtype=np.int64)
+        if self.members is not None:
+            self.members = [tuple(int(i) for i in m) for m in self.members]
+        for name in ("confidence", "group_size", "members"):
+            value = getattr(self, name)
+            if value is not None and len(value) != len(self.ids):
+                raise ValueError(f"{name} must have one value per candidate")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -98,7 +116,11 @@ class Candidates:
     def take(self, order: np.ndarray) -> Candidates:
         order = np.asarray(order, dtype=np.int64)
         groups = self.groups[order] if self.groups is not None else None
-        return Candidates(self.ids[order], self.scores[order], [self.boxes[i] for i in order], groups)
+        return Candidates(
+            self.ids[order], self.scores[order], [self.boxes[i] for i in order], groups,
+            self.confidence[order] if self.confidence is not None else None,
+            self.group_size[order] if self.group_size is not None else None,
+            [self.members[i] for i in order] if self.members is not None else None)
 
     def head(self, n: int) -> Candidates:
         return self.take(np.arange(min(n, len(self))))

@@ -126,12 +126,15 @@ class Result:
 # --- reading files --------------------------------------------------------------------------
 
 def scan_files(paths: Sequence[str | Path], hashes: Sequence[str] = HASHES, hash_size: int = 8,
-               workers: int = 0) -> list[Item]:
+               workers: int = 0, progress: Callable[[int], None] | None = None) -> list[Item]:
     """Read each file once: SHA-256, size, dimensions and perceptual hashes. A file that
     cannot be read or decoded keeps what could be learnt (an undecodable file still has
-    a content hash, so its exact copies are found) and its error."""
+    a content hash, so its exact copies are found) and its error. `progress(1)` after each."""
     def one(path: str | Path) -> Item:
-        return scan_file(Path(path), hashes, hash_size)
+        item = scan_file(Path(path), hashes, hash_size)
+        if progress is not None:
+            progress(1)
+        return item
 
     with ThreadPoolExecutor(_threads(workers)) as pool:
         return list(pool.map(one, paths))
@@ -359,15 +362,17 @@ def representative_key(item: Item) -> tuple:
 
 
 def find_in_library(lib: Any, options: Options | None = None,
-                    spatial: Spatial | None = None) -> Result:
+                    spatial: Spatial | None = None,
+                    progress: Callable[[int], None] | None = None) -> Result:
     """`find` over an indexed library (a `loupe.Library`): its searchable images, their
-    stored vectors and content hashes, its cache of local features for verification."""
+    stored vectors and content hashes, its cache of local features for verification.
+    `progress(1)` after each file read for perceptual hashes."""
     options = options or Options()
     ids, vectors = lib.all_vectors()
     paths = [lib.image_path(int(i)) for i in ids]
     need_hashes = tuple(h for h in HASHES if getattr(options, h) is not None)
-    items = scan_files(paths, need_hashes, options.hash_size, options.workers) if need_hashes \
-        else [Item(Path(p)) for p in paths]
+    items = scan_files(paths, need_hashes, options.hash_size, options.workers, progress) \
+        if need_hashes else [Item(Path(p)) for p in paths]
     for item, id_ in zip(items, ids, strict=True):
         item.id = int(id_)
         record = lib.record(int(id_))

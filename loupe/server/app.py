@@ -112,14 +112,16 @@ def create_app(lib: Library, token: str, *, max_upload_bytes: int = MAX_UPLOAD_B
     @app.get("/api/search", tags=["search"])
     def search(p: Annotated[SearchParams, Depends()]) -> dict[str, Any]:
         """By text (`q`), by an indexed image (`like`), or both (`like` + `q` as the edit)."""
+        for image_id in (*p.liked, *p.unliked):
+            image_record(lib, image_id)
         if p.like is not None:
             image_record(lib, p.like)
             if not lib.is_searchable(p.like):
                 raise HTTPException(404, f"image {p.like} is not searchable yet: it is being indexed")
             return _page(lib, p, text=p.q, like=p.like, weight=p.weight)
-        if not p.q or not p.q.strip():
+        if (not p.q or not p.q.strip()) and not p.liked:
             raise HTTPException(400, "empty query: give text (q), an indexed image id (like), "
-                                "or upload an image to /api/search/image")
+                                "liked images, or upload an image to /api/search/image")
         return _page(lib, p, text=p.q)
 
     @app.post("/api/search/image", tags=["search"])
@@ -141,6 +143,17 @@ def create_app(lib: Library, token: str, *, max_upload_bytes: int = MAX_UPLOAD_B
                                          reduce_to=None if full else lib.encoder.image_size)
             del data
             return _page(lib, p, text=p.q, image=pixels, weight=p.weight)
+
+    @app.get("/api/dups", tags=["search"])
+    def duplicates(method: Annotated[list[str] | None, Query(
+            description="exact, phash[:D], dhash[:D] or embedding[:COSINE] (repeatable). "
+            "Default: embedding (the stored vectors: no file is read).")] = None,
+            ) -> dict[str, Any]:
+        """Near-duplicate groups of the library, best file first (read-only: acting on
+        them is `loupe dups` on the machine that holds the files)."""
+        from loupe.server.answers import dups_listing
+
+        return dups_listing(lib, method or ["embedding"])
 
     # --- images -------------------------------------------------------------------------------
     @app.get("/api/images/{image_id}", tags=["images"])
@@ -244,6 +257,14 @@ class SearchParams:
         type: Annotated[list[str] | None, Query(description="Only these formats: jpeg, png, ...")] = None,
         rerank: Annotated[str | None, Query(max_length=200, description="Rerank the head: a reranker name "
                                             "or a chain, e.g. superglobal or superglobal,spatial.")] = None,
+        liked: Annotated[list[int] | None, Query(description="Relevance feedback: more like these "
+                                                 "image ids (repeatable).")] = None,
+        unliked: Annotated[list[int] | None, Query(description="Fewer like these image ids "
+                                                   "(repeatable).")] = None,
+        all: Annotated[bool, Query(description="Show every result: no confidence cut-off, "
+                                   "near-duplicates not grouped.")] = False,
+        diverse: Annotated[float | None, Query(ge=0, le=1, description="Vary the results (MMR "
+                                               "lambda: 1 = plain relevance).")] = None,
     ):
         self.q = q.strip() if q and q.strip() else None
         self.like, self.weight, self.k, self.offset = like, weight, k, offset
@@ -251,19 +272,27 @@ class SearchParams:
                                since=_date(since, "since"), until=_date(until, "until"),
                                types=tuple(_format(t) for t in type or () if t))
         self.rerank = _rerankers(rerank)
+        self.liked, self.unliked = list(liked or [])[:50], list(unliked or [])[:50]
+        self.all, self.diverse = all, diverse
 
 
 def _page(lib: Library, p: SearchParams, **query: Any) -> dict[str, Any]:
+    from loupe.search.answers import face_chain, summary
+    from loupe.server.answers import with_member_urls
+
     started = time.perf_counter()
+    chain = face_chain(p.rerank, show_all=p.all, diverse=p.diverse)
     # One extra result says whether another page exists.
-    hits = lib.search(**query, k=p.offset + p.k + 1, filters=p.filters, rerank=p.rerank)
+    hits = lib.search(**query, k=p.offset + p.k + 1, filters=p.filters, rerank=chain,
+                      liked=p.liked, unliked=p.unliked)
     page = hits[p.offset:p.offset + p.k]
     results = []
     for rank, h in enumerate(page, p.offset + 1):
         d = h.to_dict()
         del d["path"]  # the server's own paths are none of the client's business
-        results.append({**d, "rank": rank, **_urls(h.id, h.meta["sha256"])})
+        results.append(with_member_urls({**d, "rank": rank, **_urls(h.id, h.meta["sha256"])}))
     return {"offset": p.offset, "k": p.k, "has_more": len(hits) > p.offset + p.k,
+            **summary(chain, len(hits), p.offset + p.k + 1),
             "results": results, "took_ms": round((time.perf_counter() - started) * 1000, 2)}
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from loupe.core.types import Store
 from loupe.search.stages.base import Reranker
+from loupe.search.stages.collapse import Collapse
 from loupe.search.stages.cutoff import Cutoff
 from loupe.search.stages.hubness import Hubness
 from loupe.search.stages.itm import ITM, missing_modules
@@ -30,13 +31,13 @@ from loupe.search.stages.superglobal import SuperGlobal
 from loupe.search.stages.vlm import VLM
 
 __all__ = [
-    "ITM", "MMR", "REGISTRY", "VLM", "AlphaQE", "Cutoff", "Hubness", "Reranker", "Spatial", "SpatialLearned", "SpatialORB",
+    "ITM", "MMR", "REGISTRY", "Collapse", "VLM", "AlphaQE", "Cutoff", "Hubness", "Reranker", "Spatial", "SpatialLearned", "SpatialORB",
     "Store", "SuperGlobal", "describe", "get",
 ]
 
 REGISTRY: Mapping[str, type[Reranker]] = MappingProxyType(
     {cls.name: cls for cls in (SuperGlobal, AlphaQE, Spatial, SpatialORB, SpatialLearned, ITM, VLM,
-                               Cutoff, MMR, Hubness)}
+                               Cutoff, MMR, Hubness, Collapse)}
 )
 
 _NONE = ("", "none")

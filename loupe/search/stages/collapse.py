@@ -5,8 +5,8 @@ Two results are linked when the cosine of their stored vectors is at least
 groups are the connected components of the links among the head. Each group is
 shown once, by its best-ranked member (the representative), at the
 representative's place; `group_size` counts its members (itself included), so
-a face writes "+{group_size - 1} similar". `groups` labels every result with
-its representative's id.
+a face writes "+{group_size - 1} similar", and `members` lists the others' ids
+(best-ranked first). `groups` labels every result with its representative's id.
 
 With `keep=True` nothing leaves the list: each representative is followed by
 its other members (incoming order), labelled with the same group.
@@ -48,7 +48,7 @@ class Collapse(Reranker):
         n = len(candidates)
         if n == 0:
             return with_columns(Candidates(candidates.ids, candidates.scores, [], np.zeros(0)),
-                                group_size=np.zeros(0, np.int64))
+                                group_size=np.zeros(0, np.int64), members=[])
         vecs = store.vectors(candidates.ids)
         component = components(n, linked_pairs(vecs, self.threshold))
         # Components are numbered in order of their first (best-ranked) member, the
@@ -61,9 +61,14 @@ class Collapse(Reranker):
         else:
             rows = first
         out = take(candidates, rows)
+        ids = candidates.ids.tolist()
+        in_group: dict[int, list[int]] = {}
+        for row, c in enumerate(component.tolist()):
+            in_group.setdefault(c, []).append(ids[row])
+        members = [tuple(i for i in in_group[component[r]] if i != ids[r]) for r in rows.tolist()]
         return with_columns(
             Candidates(out.ids, out.scores, list(out.boxes), rep_of[rows]),
-            **{**columns_of(out), "group_size": size[component[rows]]},
+            **{**columns_of(out), "group_size": size[component[rows]], "members": members},
         )
 
 

@@ -201,21 +201,19 @@ def gallery_ids(store: Any) -> np.ndarray:
     raise TypeError(f"{type(store).__name__} cannot list its ids (give it an ids() method)")
 
 
-# Per-candidate columns that answer stages add (calibrated confidence, group sizes).
-COLUMNS = ("confidence", "group_size")
+# Per-candidate columns that answer stages add (calibrated confidence, group sizes and
+# members): fields of `Candidates`, so `take`, `head` and the pipeline's merge carry them.
+COLUMNS = ("confidence", "group_size", "members")
 
 
-def columns_of(candidates: Candidates) -> dict[str, np.ndarray]:
+def columns_of(candidates: Candidates) -> dict[str, Any]:
     """The answer columns a candidate list carries."""
     return {k: v for k in COLUMNS if (v := getattr(candidates, k, None)) is not None}
 
 
-def with_columns(candidates: Candidates, **columns: np.ndarray) -> Candidates:
-    """The candidates with per-candidate answer columns set (`confidence`, `group_size`),
-    keeping the ones they already carry.
-
-    Where `Candidates` declares a column as a field it is passed to it (so `take` and
-    `head` carry it); otherwise it is set as an attribute of the new object."""
+def with_columns(candidates: Candidates, **columns: Any) -> Candidates:
+    """The candidates with per-candidate answer columns set (`confidence`, `group_size`,
+    `members`), keeping the ones they already carry."""
     unknown = set(columns) - set(COLUMNS)
     if unknown:
         raise ValueError(f"unknown answer columns {sorted(unknown)}")
@@ -223,17 +221,9 @@ def with_columns(candidates: Candidates, **columns: np.ndarray) -> Candidates:
     for key, value in merged.items():
         if len(value) != len(candidates):
             raise ValueError(f"{key}: {len(value)} values for {len(candidates)} candidates")
-    fields = {f.name for f in dataclasses.fields(Candidates)}
-    out = Candidates(candidates.ids, candidates.scores, list(candidates.boxes), candidates.groups,
-                     **{k: v for k, v in merged.items() if k in fields})
-    for key, value in merged.items():
-        if key not in fields:
-            setattr(out, key, np.asarray(value))
-    return out
+    return dataclasses.replace(candidates, boxes=list(candidates.boxes), **merged)
 
 
 def take(candidates: Candidates, rows: np.ndarray) -> Candidates:
-    """`candidates.take(rows)` that keeps the answer columns too."""
-    rows = np.asarray(rows, dtype=np.int64)
-    cols = columns_of(candidates)
-    return with_columns(candidates.take(rows), **{k: np.asarray(v)[rows] for k, v in cols.items()})
+    """`candidates.take(rows)` (kept for the stages written before the columns were fields)."""
+    return candidates.take(np.asarray(rows, dtype=np.int64))

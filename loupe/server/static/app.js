@@ -9,6 +9,8 @@ const $ = (id) => document.getElementById(id);
 const state = {
   text: "", image: null, imageKey: null, likeId: null, likeName: "", offset: 0, hasMore: false,
   loading: false, generation: 0, previewUrl: null, pendingEdit: "",
+  // Answers: relevance feedback (image ids), and "show all" (no cut-off, no grouping).
+  liked: [], unliked: [], showAll: false,
 };
 const DEFAULT_PLACEHOLDER = $("q").placeholder;
 
@@ -39,8 +41,22 @@ function filterParams(params) {
   return params;
 }
 
+function answerParams(params) {
+  for (const id of state.liked) params.append("liked", id);
+  for (const id of state.unliked) params.append("unliked", id);
+  if (state.showAll) params.set("all", "true");
+  return params;
+}
+
+// A new query starts without the previous one's feedback and "show all".
+function resetAnswers() {
+  state.liked = [];
+  state.unliked = [];
+  state.showAll = false;
+}
+
 function searchRequest(offset) {
-  const params = filterParams(new URLSearchParams({ k: PAGE, offset }));
+  const params = answerParams(filterParams(new URLSearchParams({ k: PAGE, offset })));
   const edit = $("edit").value.trim();
   const weight = $("weight").value;
   if (state.image) {
@@ -85,7 +101,9 @@ async function runSearch(reset = true, { record = true } = {}) {
     renderResults(data.results);
     state.offset += data.results.length;
     state.hasMore = data.has_more;
-    $("summary").textContent = summaryText(state.offset, data.has_more, data.took_ms);
+    $("summary").textContent = data.confident === false
+      ? "No confident match." : summaryText(state.offset, data.has_more, data.took_ms);
+    if (reset) showAnswer(data);
   } catch (err) {
     if (generation !== state.generation) return;
     state.hasMore = false;
@@ -103,6 +121,45 @@ async function runSearch(reset = true, { record = true } = {}) {
       watchSentinel();
     }
   }
+}
+
+// What the answer stages said: nothing clears the cut-off, or everything is shown.
+function showAnswer(data) {
+  const note = $("answer-note");
+  if (state.showAll) {
+    $("answer-text").textContent = "Showing every result: no confidence cut-off, near-duplicates not grouped.";
+    $("show-all").textContent = "Only confident results";
+    note.hidden = false;
+  } else if (data.confident === false) {
+    $("answer-text").textContent = "No confident match: nothing in your library is a clear answer to this search.";
+    $("show-all").textContent = "Show all results";
+    note.hidden = false;
+  } else {
+    note.hidden = true;
+  }
+  const judged = state.liked.length + state.unliked.length;
+  $("feedback").hidden = judged === 0;
+  $("feedback-text").textContent = `Your feedback: ${state.liked.length} liked (more like these), `
+    + `${state.unliked.length} disliked (fewer like these); judged images are left out of the results.`;
+}
+
+$("show-all").addEventListener("click", () => {
+  state.showAll = !state.showAll;
+  runSearch();
+});
+$("clear-feedback").addEventListener("click", () => {
+  state.liked = [];
+  state.unliked = [];
+  runSearch();
+});
+
+function judge(hit, liked) {
+  const [add, other] = liked ? [state.liked, state.unliked] : [state.unliked, state.liked];
+  const at = other.indexOf(hit.id);
+  if (at >= 0) other.splice(at, 1);
+  if (!add.includes(hit.id)) add.push(hit.id);
+  runSearch();
+  $("results").focus();
 }
 
 function summaryText(count, more, tookMs) {
@@ -137,9 +194,91 @@ function renderResults(results) {
     caption.textContent = `#${hit.rank} · ${hit.score.toFixed(3)}`;
     button.append(img, name, caption);
     button.addEventListener("click", () => openViewer(hit, button));
-    li.append(button);
+    li.append(button, cardActions(hit, li));
     list.append(li);
   }
+}
+
+// Thumbs up / down (relevance feedback), and the "+N similar" badge of a collapsed group.
+function cardActions(hit, li) {
+  const bar = document.createElement("div");
+  bar.className = "card-actions";
+  const name = baseName(hit.rel_path);
+  for (const [liked, label] of [[true, "More like"], [false, "Fewer like"]]) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = `secondary ${liked ? "like" : "unlike"}`;
+    b.append(thumbIcon());
+    b.setAttribute("aria-label", `${label} ${name}`);
+    b.title = `${label} this`;
+    b.addEventListener("click", () => judge(hit, liked));
+    bar.append(b);
+  }
+  const group = hit.group;
+  if (group && group.size > 1) {
+    const badge = document.createElement("button");
+    badge.type = "button";
+    badge.className = "secondary group-badge";
+    badge.textContent = `+${group.size - 1} similar`;
+    badge.setAttribute("aria-expanded", "false");
+    badge.setAttribute("aria-label", `${group.size - 1} near-duplicates of ${name}: show them`);
+    badge.addEventListener("click", () => toggleGroup(hit, li, badge));
+    bar.append(badge);
+  }
+  return bar;
+}
+
+// A thumb (drawn here, no icon font needed); CSS turns it down for "fewer like this".
+function thumbIcon() {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", "0 0 24 24");
+  svg.setAttribute("width", "16");
+  svg.setAttribute("height", "16");
+  svg.setAttribute("aria-hidden", "true");
+  const path = document.createElementNS(ns, "path");
+  path.setAttribute("d", "M2 10h4v11H2z M8 21h9.5a2 2 0 0 0 2-1.6l1.4-7A2 2 0 0 0 19 10h-5.5"
+    + "l.9-4.3A2 2 0 0 0 12.5 3.3L8 9z");
+  path.setAttribute("fill", "currentColor");
+  svg.append(path);
+  return svg;
+}
+
+function toggleGroup(hit, li, badge) {
+  const open = badge.getAttribute("aria-expanded") === "true";
+  badge.setAttribute("aria-expanded", String(!open));
+  if (open) {
+    for (const m of li.memberItems || []) m.remove();
+    li.memberItems = [];
+    return;
+  }
+  let after = li;
+  li.memberItems = hit.group.members.map((m) => {
+    const item = document.createElement("li");
+    item.className = "member";
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "hit";
+    button.dataset.id = m.id;
+    const img = document.createElement("img");
+    img.src = m.thumb;
+    img.alt = m.rel_path;
+    img.loading = "lazy";
+    const label = document.createElement("span");
+    label.className = "name";
+    label.textContent = baseName(m.rel_path);
+    label.title = m.rel_path;
+    const caption = document.createElement("span");
+    caption.className = "score";
+    caption.textContent = `similar to #${hit.rank}`;
+    button.append(img, label, caption);
+    const asHit = { ...m, score: null, large: `${m.url}/thumb?size=1024`, file: `${m.url}/file` };
+    button.addEventListener("click", () => openViewer(asHit, button));
+    item.append(button);
+    after.after(item);
+    after = item;
+    return item;
+  });
 }
 
 function baseName(relPath) {
@@ -157,7 +296,8 @@ async function openViewer(hit, opener) {
   $("viewer-img").alt = hit.rel_path;
   $("viewer-title").textContent = baseName(hit.rel_path);
   $("viewer-original").href = hit.file;
-  fillMeta({ path: hit.rel_path, score: hit.score.toFixed(4) });
+  const score = hit.score === null ? null : hit.score.toFixed(4);
+  fillMeta({ path: hit.rel_path, score, confidence: hit.confidence });
   $("viewer").showModal();
   $("more-like").focus();
   try {
@@ -165,7 +305,8 @@ async function openViewer(hit, opener) {
     if (viewerHit !== hit) return;
     fillMeta({
       path: meta.rel_path,
-      score: hit.score.toFixed(4),
+      score,
+      confidence: hit.confidence,
       size: meta.width ? `${meta.width} × ${meta.height}` : null,
       format: meta.format,
       taken: meta.taken_at,
@@ -206,6 +347,7 @@ $("viewer-close").addEventListener("click", closeViewer);
 $("more-like").addEventListener("click", () => {
   const hit = viewerHit;
   closeViewer();
+  resetAnswers();
   setQueryImage(null, hit);
   runSearch();
   $("results").focus();
@@ -272,6 +414,7 @@ function showQueryInBox() {
 function searchWithFile(file) {
   if (!file) return;
   // the edit text of a bookmarked image search, waiting for its image
+  resetAnswers();
   setQueryImage(file, null, { edit: state.pendingEdit });
   state.pendingEdit = "";
   runSearch();
@@ -294,6 +437,8 @@ function clearResults() {
   $("results").replaceChildren();
   $("summary").textContent = "";
   $("more").hidden = true;
+  $("answer-note").hidden = true;
+  $("feedback").hidden = true;
 }
 $("edit-form").addEventListener("submit", (event) => { event.preventDefault(); runSearch(); });
 $("weight").addEventListener("input", () => {
@@ -338,6 +483,7 @@ $("search-form").addEventListener("submit", (event) => {
   if (!text) { showError("Type something to search for, or drop an image."); return; }
   state.text = text;
   state.pendingEdit = "";
+  resetAnswers();
   setQueryImage(null);
   runSearch();
 });
@@ -370,7 +516,7 @@ function addressParams() {
     params.set("edit", edit);
     params.set("weight", $("weight").value);
   }
-  return filterParams(params);
+  return answerParams(filterParams(params));
 }
 
 // A new entry in the browser's history for what is searched now (or, with `replace`, the
@@ -406,6 +552,10 @@ async function restore() {
   $("weight-out").textContent = Number($("weight").value).toFixed(2);
   state.text = (params.get("q") || "").trim();
   state.pendingEdit = "";
+  const ids = (key) => params.getAll(key).filter((v) => /^\d+$/.test(v)).map(Number);
+  state.liked = ids("liked");
+  state.unliked = ids("unliked");
+  state.showAll = params.get("all") === "true";
   const edit = params.get("edit") || "";
   const like = params.get("like");
   if (params.get("image")) {
