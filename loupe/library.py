@@ -397,13 +397,18 @@ class Library:
         needy = [s for s in stages if hasattr(s, "text_bank") and s.text_bank is None]
         if not needy:
             return
-        from loupe.search.stages.hubness import is_text_query, text_bank
+        from loupe.search.answers import text_bank
+        from loupe.search.stages.hubness import activation_set, is_text_query
 
         if not is_text_query(query):
             return
         key = (self._space_id(), self.vectors_of_space.snapshot().generation)
         if self._text_bank is None or self._text_bank[0] != key:
-            self._text_bank = (key, text_bank(self.tower("text").encode_text, store))
+            # the captions' vectors come from the library's cache after the first time
+            self._text_bank = (key, text_bank(self.tower("text").encode_text, store, key[0]))
+        if self._text_bank[1].hubs is None and any(getattr(s, "mode", "full") != "full"
+                                                   for s in needy):
+            self._text_bank[1].hubs = activation_set(store, self._text_bank[1])
         for stage in needy:
             stage.text_bank = self._text_bank[1]
 

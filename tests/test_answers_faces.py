@@ -525,3 +525,20 @@ def test_page_thumbs_rerun_the_search_with_feedback(page, live) -> None:
     page.screenshot(path=str(SCREENSHOTS / "relevance-feedback.png"))
     page.locator("#clear-feedback").click()
     expect(page.locator("#feedback")).to_be_hidden()
+
+
+def test_text_queries_reuse_the_cached_caption_bank(photos) -> None:
+    from loupe import Library
+    from loupe.search.answers import text_bank
+
+    root, _ = photos
+    out = search(root, "a white church", "--all", "-k", "3")
+    assert len(out["results"]) == 3 and all("confidence" in r for r in out["results"])
+    assert list((root / ".loupe").rglob("text-bank-space*.npy"))
+
+    def refuse(texts):
+        raise AssertionError("the captions were encoded again")
+
+    with Library.open(root / ".loupe") as lib:
+        bank = text_bank(refuse, lib.store, lib.catalog.active_space())
+        assert len(bank.vectors) == 1000 and bank.hubs is None

@@ -145,3 +145,30 @@ def summary(chain: Sequence[Any], n_results: int, k: int) -> dict[str, Any]:
         out["message"] = (f"only {n_results} confident result{'s' if n_results != 1 else ''}: "
                           "the cut-off hides results that are not clear answers")
     return out
+
+
+def text_bank(encode_text: Callable[[list[str]], np.ndarray], store: Any, space: int,
+              hubs: bool = False) -> Any:
+    """The generic-caption bank of a space's text tower (what the cut-off and hubness calibrate
+    a text query against), its vectors kept in the library's cache: encoding the 1000
+    captions costs seconds on a CPU, which every `loupe search "text"` would otherwise pay.
+    `hubs`: also the activation set (for hubness modes that need it; a search per caption)."""
+    import hashlib
+
+    from loupe.core.files import atomic_write
+    from loupe.search.stages.hubness import CAPTIONS, QueryBank, activation_set
+
+    digest = hashlib.sha256("\n".join(CAPTIONS).encode()).hexdigest()[:16]
+    path = store.cache_dir("hubness") / f"text-bank-space{space}-{digest}.npy"
+    try:
+        vectors = np.load(path)
+        if len(vectors) != len(CAPTIONS):
+            raise ValueError("stale")
+    except (OSError, ValueError):
+        vectors = np.concatenate([np.asarray(encode_text(list(CAPTIONS[i:i + 256])), np.float32)
+                                  for i in range(0, len(CAPTIONS), 256)])
+        atomic_write(path, lambda fh: np.save(fh, vectors))
+    bank = QueryBank(vectors, np.full(len(vectors), -1, np.int64))
+    if hubs:
+        bank.hubs = activation_set(store, bank)
+    return bank
