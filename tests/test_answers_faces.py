@@ -542,3 +542,28 @@ def test_text_queries_reuse_the_cached_caption_bank(photos) -> None:
     with Library.open(root / ".loupe") as lib:
         bank = text_bank(refuse, lib.store, lib.catalog.active_space())
         assert len(bank.vectors) == 1000 and bank.hubs is None
+
+
+@pytest.mark.slow
+def test_dups_verify_keeps_copies_and_drops_a_lookalike(tmp_path) -> None:
+    """Spatial verification through the CLI: rotated and scaled copies stay grouped; another
+    photo of the same church, close in colour, does not join them."""
+    import shutil
+
+    from tests.answers_data import SHARED_DATA
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    sacre = SHARED_DATA / "sacre_coeur"
+    stem, other = SACRE[0], SACRE[1]
+    for name, src in ((f"{stem}.jpg", sacre / "mapping" / f"{stem}.jpg"),
+                      ("rot90.jpg", sacre / "mapping_rot" / f"{stem}_rot90.jpg"),
+                      ("rot180.jpg", sacre / "mapping_rot" / f"{stem}_rot180.jpg"),
+                      ("scale.jpg", sacre / "mapping_scale" / f"{stem}_scale0.5.jpg"),
+                      ("other.jpg", sacre / "mapping" / f"{other}.jpg")):
+        shutil.copyfile(src, root / name)
+    histogram_library(root).close()
+    loose = dups_json(root, "--method", "embedding:0.5")
+    assert any("other.jpg" in g for g in names(loose, root))          # colour alone merges it
+    verified = dups_json(root, "--method", "embedding:0.5", "--verify")
+    assert names(verified, root) == [{f"{stem}.jpg", "rot90.jpg", "rot180.jpg", "scale.jpg"}]

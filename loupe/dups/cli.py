@@ -108,7 +108,8 @@ def dups(
 
     from loupe import dups as dupsmod
 
-    with main._progress("reading", quiet=fmt != "table") as bar:
+    reads = options.phash is not None or options.dhash is not None    # perceptual hashes read files
+    with main._progress("reading", quiet=fmt != "table" or not reads) as bar:
         task = bar.add_task("read", total=lib.searchable())
         result = dupsmod.find_in_library(lib, options, progress=lambda n: bar.advance(task, n))
     report = dupsmod.to_json(result)
