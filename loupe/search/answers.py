@@ -159,15 +159,22 @@ def text_bank(encode_text: Callable[[list[str]], np.ndarray], store: Any, space:
     from loupe.search.stages.hubness import CAPTIONS, QueryBank, activation_set
 
     digest = hashlib.sha256("\n".join(CAPTIONS).encode()).hexdigest()[:16]
-    path = store.cache_dir("hubness") / f"text-bank-space{space}-{digest}.npy"
+    vectors, path = None, None
     try:
+        path = store.cache_dir("hubness") / f"text-bank-space{space}-{digest}.npy"
         vectors = np.load(path)
         if len(vectors) != len(CAPTIONS):
-            raise ValueError("stale")
+            vectors = None
     except (OSError, ValueError):
+        pass
+    if vectors is None:
         vectors = np.concatenate([np.asarray(encode_text(list(CAPTIONS[i:i + 256])), np.float32)
                                   for i in range(0, len(CAPTIONS), 256)])
-        atomic_write(path, lambda fh: np.save(fh, vectors))
+        if path is not None:
+            try:
+                atomic_write(path, lambda fh: np.save(fh, vectors))
+            except OSError:             # a read-only library: encoded again next time
+                pass
     bank = QueryBank(vectors, np.full(len(vectors), -1, np.int64))
     if hubs:
         bank.hubs = activation_set(store, bank)

@@ -215,20 +215,24 @@ def image_bank(store: Store, n: int = 1000, seed: int = 0, hubs: bool = True) ->
     vecs = store.vectors(ids)
     digest = hashlib.sha256(np.ascontiguousarray(gallery_ids(store)).tobytes())
     digest.update(np.ascontiguousarray(vecs, dtype=np.float32).tobytes())
-    folder = store.cache_dir("hubness")
-    key = (str(folder), digest.hexdigest(), n, seed, hubs)
+    key = (digest.hexdigest(), n, seed, hubs)      # the digest names the gallery
     with _BANKS_LOCK:
         if key in _BANKS:
             _BANKS.move_to_end(key)
             return _BANKS[key]
     bank = QueryBank(vecs, ids)
     if hubs:
-        saved = folder / f"image-bank-{digest.hexdigest()[:24]}-{n}-{seed}.npy"
-        try:
+        saved = None
+        try:    # a read-only library has no cache folder: the set is computed, not kept
+            saved = store.cache_dir("hubness") / f"image-bank-{digest.hexdigest()[:24]}-{n}-{seed}.npy"
             bank.hubs = np.load(saved)
         except (OSError, ValueError):
             bank.hubs = activation_set(store, bank)
-            atomic_write(saved, lambda fh: np.save(fh, bank.hubs))
+            if saved is not None:
+                try:
+                    atomic_write(saved, lambda fh: np.save(fh, bank.hubs))
+                except OSError:
+                    pass
     with _BANKS_LOCK:
         _BANKS[key] = bank
         while len(_BANKS) > _BANKS_KEPT:
