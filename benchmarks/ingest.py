@@ -93,9 +93,72 @@ def time_in_turns(fns: dict, rounds: int) -> tuple[dict[str, float], dict[str, n
     return {k: statistics.median(v) for k, v in secs.items()}, outs
 
 
+def cold_index(model: str, n_photos: int, rounds: int, work: Path) -> dict:
+    """A cold `loupe index` process (start-up included) on a folder of real photos against
+    the default backend's model-only rate on the same photos, in turns; and where the rest
+    goes: process start-up + imports, the model load, and the pipeline itself."""
+    import subprocess
+    import sys
+
+    sys.path.insert(0, str(HERE))
+    from peers import (
+        LOUPE,
+        LOUPE_MODEL_SCRIPT,
+        export_loupe_model,
+        loupe_env,
+        make_photos,
+        run_rusage,
+    )
+
+    cache = work / "loupe-models"
+    photos = make_photos(work / "photos-ingest", variants=2, limit=n_photos)
+    export_s = export_loupe_model(model, cache, photos)  # once per model; cached in `work`
+    env = loupe_env(cache)
+    lib = work / "ingest-lib"
+    sample = [str(p) for p in photos[:128]]
+    payload = json.dumps({"photos": sample, "batch_size": 32, "rounds": 3, "model": model})
+    runs = []
+    for _ in range(rounds):
+        res = run_rusage([sys.executable, "-c", LOUPE_MODEL_SCRIPT, payload], env)
+        before = json.loads(res["stdout"].strip().splitlines()[-1])
+        import_s = run_rusage([sys.executable, "-c", "import loupe.cli"], env)["wall_s"]
+        subprocess.run(["rm", "-rf", str(lib)], check=True)
+        res = run_rusage([*LOUPE, "index", str(photos[0].parent), "--library", str(lib),
+                          "--model", model, "--json"], env)
+        report = json.loads(res["stdout"])
+        assert report["added"] == len(photos) and report["errors"] == 0, report
+        res2 = run_rusage([sys.executable, "-c", LOUPE_MODEL_SCRIPT, payload], env)
+        after = json.loads(res2["stdout"].strip().splitlines()[-1])
+        model_img_s = (before["model_img_s"] + after["model_img_s"]) / 2
+        e2e = len(photos) / res["wall_s"]
+        ideal_s = len(photos) / model_img_s
+        load_s = (before["load_s"] + after["load_s"]) / 2
+        runs.append({
+            "photos": len(photos), "wall_s": res["wall_s"], "cpu_s": res["cpu_s"],
+            "cores_busy": res["cores_busy"], "peak_rss_mib": res["peak_rss_mib"],
+            "end_to_end_img_s": round(e2e, 2), "model_only_img_s": round(model_img_s, 2),
+            "ratio": round(e2e / model_img_s, 3), "encoder": report.get("encoder"),
+            # where the time beyond the model's own goes
+            "startup_and_exit_s": round(res["wall_s"] - report["seconds"], 2),
+            "import_s": round(import_s, 2), "model_load_s": round(load_s, 2),
+            "model_only_would_take_s": round(ideal_s, 2),
+            "pipeline_overhead_s": round(report["seconds"] - load_s - ideal_s, 2),
+        })
+    best = max(runs, key=lambda r: r["ratio"])
+    return {"runs": runs, "best": best, "one_off_export_s": round(export_s, 1),
+            "load_avg_after": [round(x, 2) for x in os.getloadavg()]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--part", choices=("all", "backends", "cold"), default="all",
+                    help="backends: the model-only comparison; cold: a cold `loupe index` "
+                    "end to end against model-only")
+    ap.add_argument("--e2e-photos", type=int, default=300)
+    ap.add_argument("--e2e-rounds", type=int, default=2)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/loupe-peers"),
+                    help="scratch folder of the cold run (its export is kept, shared with peers.py)")
     ap.add_argument("--arch", default="ViT-B-32")
     ap.add_argument("--photos", type=int, default=150)
     ap.add_argument("--batch-size", type=int, default=32)
@@ -105,6 +168,17 @@ def main() -> None:
                     help="export cache (default: a temporary folder, so the export is timed)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "ingest.json")
     args = ap.parse_args()
+    if args.part == "cold":
+        load_before = os.getloadavg()
+        cold = cold_index(f"{args.arch}:random", args.e2e_photos, args.e2e_rounds, args.work)
+        cold["load_avg_before"] = [round(x, 2) for x in load_before]
+        print_cold(cold)
+        old = json.loads(args.out.read_text()) if args.out.exists() else {}
+        old["cold_index"] = cold
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(old, indent=2) + "\n")
+        print(f"wrote {args.out} (cold_index)")
+        return
 
     import onnxruntime
     import torch
@@ -237,9 +311,23 @@ def main() -> None:
         print(f"{name:<20}{r['ms']:>9.2f}{r['tokens']:>9}{r['max_abs_diff_vs_torch_padded']:>12.2e}")
     for k, v in notes.items():
         print(f"note ({k}): {v}")
+    if args.part == "all":
+        cold = cold_index(model, args.e2e_photos, args.e2e_rounds, args.work)
+        print_cold(cold)
+        result["cold_index"] = cold
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
+
+
+def print_cold(cold: dict) -> None:
+    print(f"{'cold loupe index':<18}{'photos':>7}{'wall s':>8}{'e2e img/s':>10}{'model img/s':>12}"
+          f"{'ratio':>7}{'cores':>7}{'start+exit s':>13}{'load s':>8}{'pipeline +s':>12}")
+    for r in cold["runs"]:
+        print(f"{'':<18}{r['photos']:>7}{r['wall_s']:>8.1f}{r['end_to_end_img_s']:>10.2f}"
+              f"{r['model_only_img_s']:>12.2f}{r['ratio']:>7.3f}{r['cores_busy']:>7.2f}"
+              f"{r['startup_and_exit_s']:>13.2f}{r['model_load_s']:>8.2f}"
+              f"{r['pipeline_overhead_s']:>12.2f}")
 
 
 if __name__ == "__main__":

@@ -38,11 +38,13 @@ from loupe.core.config import (
     LIBRARY_DIRNAME,
     SETTINGS,
     IndexOptions,
+    default,
 )
 from loupe.core.errors import DecodeError, LoupeError, QueryError
 from loupe.core.types import Filters, SearchRequest
 from loupe.library import Library, LibraryError, find_library
 from loupe.models.device import check_device_name
+from loupe.models.options import check_runtime, describe
 from loupe.search.query import looks_like_expr, parse_box
 
 err = Console(stderr=True, soft_wrap=True)  # long lines (paths, errors) are never wrapped or cut
@@ -112,6 +114,14 @@ WeightsOpt = Annotated[Path | None, typer.Option(
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.",
                                         metavar="DEVICE")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
+BackendOpt = Annotated[str | None, typer.Option(
+    "--backend", help="auto, torch, onnx or openvino. auto: torch on a GPU; on a CPU the model's "
+    "ONNX export (made and checked against torch once), OpenVINO where measured faster. "
+    "Default: $LOUPE_BACKEND or auto.", show_default=False, metavar="NAME")]
+PrecisionOpt = Annotated[str | None, typer.Option(
+    "--precision", help="auto, fp32, fp16 (GPU) or int8 / bf16 (CPU, opt-in; they report their "
+    "agreement with fp32). auto: fp16 on a GPU, fp32 on a CPU. Default: $LOUPE_PRECISION or auto.",
+    show_default=False, metavar="NAME")]
 
 
 class _RateColumn(ProgressColumn):
@@ -127,8 +137,10 @@ def _progress(label: str, quiet: bool) -> Progress:
 
 
 def _open(library: Path | None, model: str | None, weights: Path | None, device: str,
-          create: bool = False, root: Path | None = None) -> Library:
+          create: bool = False, root: Path | None = None, backend: str | None = None,
+          precision: str | None = None) -> Library:
     check_device_name(device)
+    check_runtime(backend or default("backend"), precision or default("precision"), device)
     if weights is not None and not weights.exists():
         raise LibraryError(f"--weights {weights}: no such file or folder")
     if library is None:
@@ -139,7 +151,7 @@ def _open(library: Path | None, model: str | None, weights: Path | None, device:
                 "or run `loupe index FOLDER` first"
             )
     return Library.open(library, model=model, weights=weights, device=device, root=root,
-                        create=create)
+                        create=create, backend=backend, precision=precision)
 
 
 def _index_with_progress(lib: Library, options: IndexOptions, quiet: bool) -> Any:
@@ -160,6 +172,8 @@ def index(
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
+    backend: BackendOpt = None,
+    precision: PrecisionOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per model call.",
                                             metavar="N")] = 32,
     workers: Annotated[int, typer.Option(min=0, help="Decode threads (0 = one per core).", metavar="N")] = 0,
@@ -199,7 +213,8 @@ def index(
     """
     lib_path = (library or folder / LIBRARY_DIRNAME).expanduser().absolute()
     created = not (lib_path / CATALOG_FILENAME).exists()
-    lib = _open(lib_path, model, weights, device, create=True, root=folder)
+    lib = _open(lib_path, model, weights, device, create=True, root=folder, backend=backend,
+                precision=precision)
     options = IndexOptions(
         include=tuple(include or ()), exclude=tuple(exclude or ()), batch_size=batch_size,
         workers=workers, max_pixels=max_pixels, max_file_bytes=int(max_file_mb * 2**20),
@@ -238,6 +253,8 @@ def index(
              f"{report.unchanged} unchanged", f"{report.errors} errors"]
     rate = f" ({report.embedded / report.seconds:.1f} img/s embedded)" if report.embedded and report.seconds else ""
     err.print(f"[green]done[/] in {report.seconds:.1f}s{rate}: " + ", ".join(parts))
+    if report.encoder:
+        err.print(f"  model ran on {escape(describe(report.encoder))}", highlight=False)
     for folder_rel in report.unreadable:
         err.print(f"  [yellow]unreadable folder[/] {escape(printable(folder_rel or '.'))}: "
                   "its images are kept as they were", highlight=False)
@@ -319,6 +336,8 @@ def search(
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
+    backend: BackendOpt = None,
+    precision: PrecisionOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
 ) -> None:
     """Search the library by text, by image, by image + text, or by an indexed image.
@@ -361,7 +380,7 @@ def search(
     from loupe.search.answers import face_chain, summary
 
     chain = face_chain(chain, show_all=show_all, diverse=diverse)
-    lib = _open(library, model, weights, device)
+    lib = _open(library, model, weights, device, backend=backend, precision=precision)
     if update:
         _index_with_progress(lib, IndexOptions(), quiet=fmt != "table")
     if lib.counts()["indexed"] == 0:
@@ -489,6 +508,9 @@ def stats(library: LibraryOpt = None, json_out: JsonOpt = False) -> None:
                   f"{index.get('ram_bytes', 0) / 2**20:.1f} MiB in RAM, "
                   f"{index.get('disk_bytes', 0) / 2**20:.1f} MiB on disk"
                   + (f", recall@10 {recall:.3f} against exact" if recall is not None else ""))
+    ran = (info.get("last_index") or {}).get("encoder")
+    if ran:
+        out.print(f"[bold]backend[/] {escape(describe(ran))} (the last index run)", highlight=False)
     for space in info["spaces"]:
         mark = "*" if space["active"] else " "
         out.print(f" {mark} space {space['id']}: {space['name']} ({space['identity'].get('dim', '?')}-d), "

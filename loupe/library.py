@@ -36,6 +36,7 @@ from loupe.ingest import IndexReport, Progress, plan, run_index
 from loupe.ingest.apply import commit_embedded
 from loupe.models import Encoder, ModelSpec, load_encoder
 from loupe.models.hub import ensure_downloadable
+from loupe.models.options import check_runtime, runtime_info
 from loupe.search import pipeline
 from loupe.search.query import QueryBuilder
 from loupe.storage.catalog import Catalog
@@ -62,23 +63,33 @@ class Library:
     """
 
     def __init__(self, path: Path, catalog: Catalog, root: Path, model: str,
-                 weights: Path | None, device: str):
+                 weights: Path | None, device: str, backend: str | None = None,
+                 precision: str | None = None):
         self.path = path
         self.catalog = catalog
         self.root = root
         self.model = model
         self.weights = weights
         self.device = device
+        # backend / precision: the settings (LOUPE_BACKEND, LOUPE_PRECISION) unless given
+        self.backend, self.precision = check_runtime(backend or default("backend"),
+                                                     precision or default("precision"), device)
         self._encoders: dict[frozenset[str], Encoder] = {}
         self._vectors: SpaceVectors | None = None
         self._text_bank: tuple[Any, Any] | None = None
         self._lock = threading.RLock()
+        # Loading a model takes seconds: its own lock, so that searches of other kinds, stats
+        # and health checks never wait behind a tower loading in the background.
+        self._model_lock = threading.Lock()
 
     # --- opening ----------------------------------------------------------------------------
     @classmethod
     def open(cls, path: str | Path, *, model: str | None = None, weights: str | Path | None = None,
-             device: str = "auto", root: str | Path | None = None, create: bool = True) -> Library:
+             device: str = "auto", root: str | Path | None = None, create: bool = True,
+             backend: str | None = None, precision: str | None = None) -> Library:
         path = Path(path).expanduser().absolute()
+        # before anything is read or made: a bad backend/precision changes nothing
+        check_runtime(backend or default("backend"), precision or default("precision"), device)
         db_file = path / CATALOG_FILENAME
         if not db_file.exists():
             if not create:
@@ -116,7 +127,8 @@ class Library:
                 _check_same_model(identity, ModelSpec.parse(model, weights), path)
             if weights is None and identity.get("weights_path"):
                 weights = identity["weights_path"]
-        return cls(path, catalog, the_root, name, Path(weights) if weights else None, device)
+        return cls(path, catalog, the_root, name, Path(weights) if weights else None, device,
+                   backend, precision)
 
     @property
     def identity(self) -> dict[str, Any] | None:
@@ -138,7 +150,7 @@ class Library:
         """The active space's model with at least these towers. A text query loads only the
         text tower: from a cached export that is ONNX Runtime and a tokenizer, no torch."""
         want = frozenset(towers)
-        with self._lock:
+        with self._model_lock:
             for enc in self._encoders.values():
                 if want <= enc.towers:
                     return enc
@@ -147,7 +159,8 @@ class Library:
                 spec = ModelSpec.parse(self.model, self.weights)
                 if spec.weights is None:
                     ensure_downloadable(spec.arch, spec.tag)
-            enc = load_encoder(self.model, self.weights, self.device, towers=sorted(want))
+            enc = load_encoder(self.model, self.weights, self.device, towers=sorted(want),
+                               backend=self.backend, precision=self.precision)
             if recorded is None:
                 identity = {**enc.identity, "model_name": self.model,
                             "weights_path": str(self.weights.resolve()) if self.weights else None}
@@ -450,6 +463,8 @@ class Library:
             "index": index,
             "dba": self.catalog.space_state(space).get("dba") if space is not None else None,
             "last_index": self.catalog.get_meta("last_index"),
+            # what the models loaded in this process run on (a server's warm text tower)
+            "encoders": [runtime_info(e) for e in list(self._encoders.values())],
             "error_list": self.catalog.errors(),
         }
 

@@ -538,6 +538,7 @@ def test_serve_command_defaults(env, monkeypatch):
     # recorded, not applied: the thread count is process-wide and other tests share the process
     monkeypatch.setattr(torch, "set_num_threads", lambda n: seen.update(threads=n))
     monkeypatch.setenv("LOUPE_TOKEN", "from-the-environment")
+    monkeypatch.setenv("LOUPE_THREADS", "")  # serve sets it for its backends: restored after
     result = CliRunner().invoke(app, ["serve", str(env.root), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert seen["host"] == "127.0.0.1" and seen["port"] == 8000 and seen["threads"] == 1

@@ -26,6 +26,13 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     # table with retrieval within a few points of models 3-4x its cost.
     Setting("model", "ViT-B-32:laion2b_s34b_b79k",
             "Embedding model of a new library (open_clip ARCH:TAG)."),
+    # ONNX Runtime is the CPU default (auto): 1.2x torch's image tower here and no torch import
+    # for a text query; OpenVINO replaces it only where installed and measured >= 1.1x faster.
+    Setting("backend", "auto",
+            "Model backend: auto (GPU: torch; CPU: the checked ONNX export), torch, onnx, openvino."),
+    Setting("precision", "auto",
+            "Model precision: auto (fp16 on a GPU, fp32 on a CPU), fp32, fp16 (GPU), int8 / bf16 "
+            "(CPU, opt-in: they report their agreement with fp32)."),
     Setting("batch_size", 32, "Images per model call when indexing."),
     Setting("workers", 0, "Decode threads when indexing; 0 = one per core, at least 2."),
     Setting("max_pixels", 150_000_000,

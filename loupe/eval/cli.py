@@ -31,6 +31,29 @@ def register(app: typer.Typer) -> None:
     app.add_typer(eval_app, name="eval")
 
 
+@eval_app.callback()
+def _runtime(ctx: typer.Context,
+             backend: Annotated[str | None, typer.Option(
+                 "--backend", help="auto, torch, onnx or openvino, for every command "
+                 "(`loupe eval --backend onnx coco ...`). Default: $LOUPE_BACKEND or auto.",
+                 show_default=False, metavar="NAME")] = None,
+             precision: Annotated[str | None, typer.Option(
+                 "--precision", help="auto, fp32, fp16 (GPU), int8 or bf16 (CPU, opt-in). "
+                 "Default: $LOUPE_PRECISION or auto.", show_default=False, metavar="NAME")] = None,
+             ) -> None:
+    """Score a model on a benchmark or on your own labelled queries."""
+    from loupe.core.config import default
+    from loupe.core.errors import ModelError
+    from loupe.models.options import check_runtime
+
+    try:  # before any dataset is read or model loads
+        chosen = check_runtime(backend or default("backend"), precision or default("precision"))
+    except ModelError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    ctx.obj = {"backend": chosen[0], "precision": chosen[1]}
+
+
 # Options shared by the commands.
 DataOpt = Annotated[Path, typer.Option("--data", "-d", help="Dataset folder, in the official layout "
                                        "(see the README's evaluation section).", show_default=False, metavar="PATH")]
@@ -66,8 +89,12 @@ ReportQueriesOpt = Annotated[int, typer.Option("--report-queries", min=0,
 def _options(model: str, weights: Path | None, device: str, batch_size: int, rerank: str | None,
              rerank_depth: int | None, cache_dir: Path | None, no_cache: bool, quiet: bool,
              report_queries: int = 100) -> EvalOptions:
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    runtime = (ctx.find_object(dict) if ctx else None) or {}
     return EvalOptions(model=model, weights=str(weights) if weights else None, device=device,
-                       batch_size=batch_size, cache_dir=cache_dir, use_cache=not no_cache, rerank=rerank,
+                       **runtime, batch_size=batch_size, cache_dir=cache_dir, use_cache=not no_cache, rerank=rerank,
                        rerank_depth=rerank_depth, progress=not quiet, report_queries=report_queries)
 
 
@@ -332,7 +359,8 @@ def custom(queries: Annotated[Path, typer.Option("--queries", help="CSV of query
 
     def compute() -> EvalResult:
         try:
-            lib = Library.open(path, model=model, weights=weights, device=device, create=False)
+            lib = Library.open(path, model=model, weights=weights, device=device, create=False,
+                               backend=options.backend, precision=options.precision)
         except LibraryError as exc:
             raise DatasetError(str(exc)) from exc
         try:

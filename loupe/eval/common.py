@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from loupe.core.config import DEFAULT_MODEL
+from loupe.core.config import DEFAULT_MODEL, default
 from loupe.core.files import file_sha256
 from loupe.core.types import Box, Query, Store
 from loupe.eval.cache import EmbeddingCache, files_digest, texts_digest
@@ -56,6 +56,9 @@ class EvalOptions:
     model: str = DEFAULT_MODEL
     weights: str | None = None
     device: str = "auto"
+    # the settings (LOUPE_BACKEND / LOUPE_PRECISION) unless the CLI says otherwise
+    backend: str = field(default_factory=lambda: default("backend"))
+    precision: str = field(default_factory=lambda: default("precision"))
     batch_size: int = 64
     workers: int = 4
     cache_dir: Path | None = None
@@ -108,7 +111,9 @@ class Embedder:
         if self._encoder is None:
             from loupe.models import load_encoder
 
-            self._encoder = load_encoder(self.options.model, self.options.weights, self.options.device)
+            self._encoder = load_encoder(self.options.model, self.options.weights, self.options.device,
+                                         backend=self.options.backend,
+                                         precision=self.options.precision)
         return self._encoder
 
     def images(self, root: Path, relpaths: Sequence[str], boxes: Sequence[Box | None] | None = None,

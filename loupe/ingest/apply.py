@@ -27,6 +27,7 @@ class IndexReport:
     embedded: int = 0       # model forward passes, images
     seconds: float = 0.0
     model_loaded: bool = False
+    encoder: dict[str, Any] | None = None   # what the model ran on: backend, precision, fallback
     unreadable: list[str] = field(default_factory=list)      # folders the scan could not read
     outside_links: int = 0                                    # symlinks leaving the root: skipped
     error_list: list[tuple[str, str]] = field(default_factory=list)

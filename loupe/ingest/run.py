@@ -25,6 +25,7 @@ from loupe.ingest.apply import IndexReport, RunState, commit
 from loupe.ingest.embed import Item
 from loupe.ingest.plan import Plan
 from loupe.media.scan import FileEntry
+from loupe.models.options import runtime_info
 from loupe.storage.catalog import Catalog
 
 # progress(done, total) is called after each committed batch; total is fixed once scanning ends.
@@ -83,6 +84,8 @@ def run_index(catalog: Catalog, plan: Plan, root: Path, options: IndexOptions, *
         if any(it.pixels is not None for it in batch):
             report.model_loaded = True
             emb.embed(batch, encoder().encode_pixels)
+            if report.encoder is None:
+                report.encoder = runtime_info(encoder())
         commit(catalog, batch, state, report)
         done += len(batch)
         batch, n_new = [], 0

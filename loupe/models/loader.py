@@ -13,8 +13,10 @@ or the tokenizer has no torch-free twin) auto falls back to torch and says why i
 `enc.report["fallback"]`; an explicit backend="onnxruntime"/"openvino" refuses instead.
 $LOUPE_BACKEND, when set, replaces "auto" (e.g. torch, to never export).
 
-precision="int8" / "bf16" (opt-in, CPU only) runs quantised / bf16 towers where the CPU has
-VNNI / bf16 instructions; their agreement with fp32 and speed are in `enc.report["reduced"]`.
+precision="auto" is fp16 on a GPU (torch) and fp32 on a CPU; "fp16" needs a GPU (device cuda:
+the CUDA path is torch, written but not measured here, no GPU was lent); "int8" / "bf16" (opt-in,
+CPU only) run quantised / bf16 towers where the CPU has VNNI / bf16 instructions; their agreement
+with fp32 and speed are in `enc.report["reduced"]`. What ran: `options.runtime_info(enc)`.
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ from loupe.models.cache import dir_fingerprint, export_dir, read_manifest, write
 from loupe.models.device import auto_is_cpu, check_device_name, cpu_info
 from loupe.models.onnx import (
     BACKENDS,
-    PRECISIONS,
     OrtTower,
     default_threads,
     load_exported,
@@ -43,6 +44,7 @@ from loupe.models.onnx import (
     tower_status,
 )
 from loupe.models.openclip import ModelSpec, resolve_source
+from loupe.models.options import check_runtime, resolve_precision
 from loupe.models.text import pad
 
 log = logging.getLogger("loupe.models")
@@ -55,7 +57,7 @@ OPENVINO_MIN_SPEEDUP = 1.1
 
 def load_encoder(name: str, weights: str | Path | None = None, device: str = "auto", *,
                  backend: str = "auto", towers: Iterable[str] | None = None,
-                 precision: str = "fp32", cache_dir: str | Path | None = None,
+                 precision: str = "auto", cache_dir: str | Path | None = None,
                  check_images: Iterable[Any] = (), threads: int | None = None,
                  truncate_text: bool = True, text_cache: int = 256) -> BaseEncoder:
     """An encoder for `name` (+ optional local `weights`) on the best backend for `device`.
@@ -65,31 +67,34 @@ def load_encoder(name: str, weights: str | Path | None = None, device: str = "au
     check_images: photos (paths or PIL images) added to the probes an export is checked on."""
     towers = check_towers(towers)
     check_device_name(device)
-    if backend not in ALL_BACKENDS:
-        raise ModelError(f"unknown backend {backend!r}: use one of {', '.join(ALL_BACKENDS)}")
-    if precision not in PRECISIONS:
-        raise ModelError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    backend, precision = check_runtime(backend, precision, device)
     threads = threads or default_threads()
     if name.startswith("immich:") or (name == "immich" and weights is not None):
         from loupe.models.immich import load_immich
 
         if backend == "torch":
             raise ModelError("Immich models are ONNX exports: there is no torch backend for them")
+        if precision not in ("auto", "fp32"):
+            raise ModelError(f"Immich models run in fp32, not {precision}")
         return load_immich(name.partition(":")[2] or str(weights), towers=towers,
                            backend="onnxruntime" if backend == "auto" else backend,
                            cache_dir=cache_dir, threads=threads, text_cache=text_cache)
 
     if backend == "auto":  # Immich models are exports: the override is for open_clip ones
-        backend = os.environ.get(BACKEND_ENV) or "auto"
-        if backend not in ALL_BACKENDS:
-            raise ModelError(f"unknown backend {backend!r} in ${BACKEND_ENV}: use one of "
-                             f"{', '.join(ALL_BACKENDS)}")
-    if backend == "torch" and precision != "fp32":
-        raise ModelError(f"precision {precision} is for the exported backends (onnxruntime, "
-                         "openvino), not torch")
+        try:
+            backend, precision = check_runtime(os.environ.get(BACKEND_ENV) or "auto", precision,
+                                               device)
+        except ModelError as exc:
+            raise ModelError(f"${BACKEND_ENV}: {exc}") from None
     on_cpu = device == "cpu" or (device == "auto" and _auto_is_cpu())
-    if backend == "torch" or (backend == "auto" and not on_cpu and precision == "fp32"):
-        return _torch(name, weights, device, towers, truncate_text, cache_dir, text_cache)
+    # auto: fp16 on a GPU (torch), fp32 on a CPU
+    precision = resolve_precision(precision, on_gpu=not on_cpu)
+    if backend == "torch" or (backend == "auto" and not on_cpu and precision in ("fp32", "fp16")):
+        return _torch(name, weights, device, towers, truncate_text, cache_dir, text_cache,
+                      precision)
+    if precision == "fp16":
+        raise ModelError("precision fp16 runs on a GPU, and PyTorch sees none here: use fp32 "
+                         "(or int8 / bf16 where the CPU has the instructions for them)")
     if not on_cpu:
         raise ModelError(f"backend {backend} / precision {precision} run on the CPU: "
                          f"use --device cpu (or backend torch for {device})")
@@ -178,11 +183,11 @@ def _export_lock(folder: Path) -> Iterator[None]:
 
 
 def _torch(name: str, weights: Any, device: str, towers: frozenset[str], truncate_text: bool,
-           cache_dir: Any, text_cache: int) -> BaseEncoder:
+           cache_dir: Any, text_cache: int, precision: str = "auto") -> BaseEncoder:
     from loupe.models.openclip import load_encoder as load_torch
 
     return load_torch(name, weights, device, towers=towers, truncate_text=truncate_text,
-                      cache_dir=cache_dir, text_cache=text_cache)
+                      cache_dir=cache_dir, text_cache=text_cache, precision=precision)
 
 
 def _check_cpu_for(precision: str) -> None:

@@ -185,6 +185,7 @@ class Encoder(BaseEncoder):
     """open_clip in PyTorch: the reference every other backend is checked against."""
 
     backend = "torch"
+    precision = "fp32"
 
     def __init__(self, model: torch.nn.Module, preprocess: Any, tokenizer: Any,
                  identity: dict[str, Any], device: torch.device,
@@ -261,11 +262,13 @@ def _normalised(feats: torch.Tensor) -> np.ndarray:
 
 def load_encoder(name: str, weights: str | Path | None = None, device: str = "auto", *,
                  towers: Iterable[str] | None = None, truncate_text: bool = True,
-                 cache_dir: str | Path | None = None, text_cache: int = 256) -> Encoder:
+                 cache_dir: str | Path | None = None, text_cache: int = 256,
+                 precision: str = "auto") -> Encoder:
     """Build the torch encoder from a model name and optional local weights (a file or a folder).
 
     `towers`: ("image",), ("text",) or both (default); the tower not asked for is dropped after
-    loading. `cache_dir` only locates the weights-checksum cache."""
+    loading. `cache_dir` only locates the weights-checksum cache. `precision`: auto (fp16 on
+    CUDA, else fp32), fp32, or fp16 (CUDA only)."""
     import open_clip
     import torch
 
@@ -285,7 +288,11 @@ def load_encoder(name: str, weights: str | Path | None = None, device: str = "au
     if not spec.arch.startswith(("hf-hub:", "local-dir:")) and spec.arch not in open_clip.list_models():
         raise ModelError(f"unknown architecture {spec.arch!r}; see open_clip.list_models()")
 
-    precision = "fp16" if dev.type == "cuda" else "fp32"
+    if precision == "auto":
+        precision = "fp16" if dev.type == "cuda" else "fp32"
+    if precision not in ("fp32", "fp16") or (precision == "fp16" and dev.type != "cuda"):
+        raise ModelError(f"torch runs fp32, or fp16 on CUDA; not {precision} on {dev.type}")
+    _set_threads(torch)
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_SEED)
@@ -309,8 +316,21 @@ def load_encoder(name: str, weights: str | Path | None = None, device: str = "au
         "pipeline": dict(PIXEL_PIPELINE),
     }
     _drop_towers(model, towers)
-    return Encoder(model, preprocess, tokenizer, identity, dev, towers=towers,
-                   truncate_text=truncate_text, text_cache=text_cache)
+    enc = Encoder(model, preprocess, tokenizer, identity, dev, towers=towers,
+                  truncate_text=truncate_text, text_cache=text_cache)
+    enc.precision = precision
+    return enc
+
+
+def _set_threads(torch: Any) -> None:
+    """$LOUPE_THREADS (e.g. `loupe serve --threads`) bounds torch's intra-op threads as it
+    bounds the exported backends'; set where torch is first needed, so nothing imports torch
+    only to configure it."""
+    from loupe.models.onnx import default_threads
+
+    threads = default_threads()
+    if threads and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 def _drop_towers(model: Any, towers: frozenset[str]) -> None:

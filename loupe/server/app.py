@@ -39,6 +39,7 @@ from loupe.server.auth import token_matches
 from loupe.server.files import file_etag, image_record, media_type, safe_file
 from loupe.server.indexer import BackgroundIndexer
 from loupe.server.middleware import BodyLimit, CrossSiteGuard, SecurityHeaders
+from loupe.server.warm import TextTowerWarmer
 
 log = logging.getLogger("loupe.server")
 
@@ -60,7 +61,7 @@ def create_app(lib: Library, token: str, *, max_upload_bytes: int = MAX_UPLOAD_B
                max_upload_pixels: int = MAX_UPLOAD_PIXELS, allowed_hosts: list[str] | None = None,
                index_options: IndexOptions | None = None, refresh_every: float = 1.0,
                thumb_cache_bytes: int = thumbs.DEFAULT_BUDGET,
-               max_decodes: int = thumbs.DECODE_SLOTS) -> FastAPI:
+               max_decodes: int = thumbs.DECODE_SLOTS, warm_text: bool = True) -> FastAPI:
     """The app serving `lib`. `token` guards the endpoints that change the library.
 
     `allowed_hosts` (e.g. ["127.0.0.1", "localhost"]) rejects other Host headers, which
@@ -70,6 +71,7 @@ def create_app(lib: Library, token: str, *, max_upload_bytes: int = MAX_UPLOAD_B
     kept within `thumb_cache_bytes` (least recently used go first).
     Takes over refreshing `lib`'s search snapshot (`lib.auto_refresh` is turned off):
     searches never wait for a rebuild while a re-index commits batches.
+    `warm_text`: load the text tower in the background as the app starts, and keep it.
     """
     if not token:
         raise ValueError("an admin token is required (see loupe.server.auth.load_or_create_token)")
@@ -77,6 +79,7 @@ def create_app(lib: Library, token: str, *, max_upload_bytes: int = MAX_UPLOAD_B
     lib.refresh()
     indexer = BackgroundIndexer(lib, index_options, refresh_every=refresh_every)
     watcher = _Watcher(lib)
+    warmer = TextTowerWarmer(lib)
     decode_slots = threading.BoundedSemaphore(max_decodes)
     thumb_cache = thumbs.ThumbCache(lib.cache_dir("thumbs"), max_pixels=max_upload_pixels,
                                     slots=decode_slots, budget_bytes=thumb_cache_bytes)
@@ -84,6 +87,8 @@ def create_app(lib: Library, token: str, *, max_upload_bytes: int = MAX_UPLOAD_B
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         watcher.start()
+        if warm_text:
+            warmer.start()
         yield
         watcher.stop()
         indexer.stop(wait=30)
@@ -93,6 +98,7 @@ def create_app(lib: Library, token: str, *, max_upload_bytes: int = MAX_UPLOAD_B
                   openapi_url="/api/openapi.json", docs_url=None, redoc_url=None)
     app.state.lib = lib
     app.state.indexer = indexer
+    app.state.warmer = warmer
     _install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=max_upload_bytes + MULTIPART_OVERHEAD)
     app.add_middleware(CrossSiteGuard)  # outside BodyLimit: refused before the body is read
@@ -140,7 +146,7 @@ def create_app(lib: Library, token: str, *, max_upload_bytes: int = MAX_UPLOAD_B
             # unless a reranker looks at the query's pixels: then it gets them at full size.
             full = any(getattr(r, "needs_pixels", False) for r in p.rerank or ())
             pixels = thumbs.decode_image(data, max_pixels=max_upload_pixels,
-                                         reduce_to=None if full else lib.encoder.image_size)
+                                         reduce_to=None if full else _image_size(lib))
             del data
             return _page(lib, p, text=p.q, image=pixels, weight=p.weight)
 
@@ -197,7 +203,7 @@ def create_app(lib: Library, token: str, *, max_upload_bytes: int = MAX_UPLOAD_B
     @app.get("/api/health", tags=["library"])
     def health() -> dict[str, Any]:
         return {"status": "ok", "version": loupe.__version__, "searchable": lib.searchable(),
-                "indexing": indexer.running}
+                "indexing": indexer.running, "text_tower": warmer.status()}
 
     @app.get("/api/stats", tags=["library"])
     def stats() -> dict[str, Any]:
@@ -294,6 +300,13 @@ def _page(lib: Library, p: SearchParams, **query: Any) -> dict[str, Any]:
     return {"offset": p.offset, "k": p.k, "has_more": len(hits) > p.offset + p.k,
             **summary(chain, len(hits), p.offset + p.k + 1),
             "results": results, "took_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+
+def _image_size(lib: Library) -> int:
+    """The model's input size, from the library's record: no need to load the image tower
+    (and the text tower with it) only to read a number."""
+    identity = lib.identity
+    return int(identity["image_size"]) if identity else lib.tower("image").image_size
 
 
 def _urls(image_id: int, sha256: str | None) -> dict[str, str]:

@@ -47,30 +47,43 @@ def serve(
     reindex: Annotated[bool, typer.Option("--reindex", help="Start an incremental re-index "
                                           "in the background right away.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.", metavar="TEXT")] = "auto",
+    backend: Annotated[str | None, typer.Option(
+        "--backend", help="auto, torch, onnx or openvino (default: $LOUPE_BACKEND or auto).",
+        show_default=False, metavar="NAME")] = None,
+    precision: Annotated[str | None, typer.Option(
+        "--precision", help="auto, fp32, fp16 (GPU), int8 or bf16 (CPU, opt-in) (default: "
+        "$LOUPE_PRECISION or auto).", show_default=False, metavar="NAME")] = None,
     threads: Annotated[int, typer.Option(
-        min=1, help="CPU threads per model call (torch intra-op), the background re-index's "
+        min=1, help="CPU threads per model call (any backend), the background re-index's "
         "included. Concurrent requests already use the cores; more threads per call make them "
         "fight over the cores (and slow everything down on a busy machine).", metavar="N")] = 1,
 ) -> None:
     """Serve the library: a search page in the browser and a JSON API (docs at /api/docs).
 
     `loupe serve ~/Pictures/.loupe` listens on 127.0.0.1:8000; add `--host 0.0.0.0` to be
-    reachable from the network.
+    reachable from the network. The text model loads in the background as the server starts
+    and stays loaded; the image model loads when something needs it.
     """
     check_port(host, port)  # before the model loads: a busy port fails in a second
-    import torch
+    import os
+    import sys
+
     import uvicorn
 
     from loupe.server.app import create_app
     from loupe.server.auth import TOKEN_FILENAME, load_or_create_token
 
-    torch.set_num_threads(threads)
-    lib = Library.open(_library_path(library), device=device, create=False)
+    lib = Library.open(_library_path(library), device=device, create=False, backend=backend,
+                       precision=precision)
+    # Every backend reads $LOUPE_THREADS as it loads; torch is set now only if something
+    # already imported it (importing it here would cost seconds a text query never needs).
+    os.environ["LOUPE_THREADS"] = str(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
     token_source = "from --token / LOUPE_TOKEN"
     if not token:
         token = load_or_create_token(lib.path)
         token_source = f"stored in {lib.path / TOKEN_FILENAME}"
-    _ = lib.encoder  # load (and check) the model before the first request waits for it
     app = create_app(lib, token, max_upload_bytes=int(max_upload_mb * 2**20),
                      max_upload_pixels=int(max_upload_mp * 1e6),
                      thumb_cache_bytes=int(thumb_cache_mb * 2**20),
@@ -80,7 +93,8 @@ def serve(
 
     out = Console(stderr=True, highlight=False, soft_wrap=True)  # no line breaks inside a URL or token
     shown = f"[{host}]" if ":" in host else host
-    out.print(f"[bold]Loupe[/] serving {lib.path} ({lib.searchable()} searchable images)")
+    out.print(f"[bold]Loupe[/] serving {lib.path} ({lib.searchable()} searchable images; "
+              "the text model is loading in the background)")
     out.print(f"  page:        http://{shown}:{port}/")
     out.print(f"  API docs:    http://{shown}:{port}/api/docs")
     out.print(f"  admin token: [bold]{token}[/]")
