@@ -12,6 +12,12 @@ download) on ~150 real photos from ../shared/data, decoded as the indexer decode
   to the context vs cut after the end-of-text token, in torch and ONNX Runtime (+ OpenVINO).
 - the one-off cost of exporting and checking both towers.
 
+- a cold `loupe index` (a fresh process on a fresh library: start-up, imports, the model load
+  included) on --e2e-photos real photos against the default backend's model-only rate on the
+  same photos, measured in separate processes before and after it: the ratio end to end /
+  model only, the cores it kept busy, and where the rest went (process start-up and exit, the
+  model load, the pipeline beyond the model). `--part cold` runs only this.
+
 Speeds are compared only as ratios within this run: the backends are timed in turns
 (--rounds rounds, median), so a change of machine load hits them alike. The CPU model, its
 relevant instruction sets, the thread counts and the load average before and after are
@@ -19,6 +25,7 @@ recorded. Results: benchmarks/results/ingest.json and a table.
 
     python benchmarks/ingest.py                       # ViT-B-32:random, ~150 photos
     python benchmarks/ingest.py --arch loupe-tiny --rounds 1   # quick smoke run
+    flock /tmp/loupe-bench.lock python benchmarks/ingest.py --part cold   # the cold ratio only
 
 Measured (defaults: ViT-B-32:random, 150 photos, batches of 32, 3 rounds; AMD EPYC, 2 cores,
 AVX2 without VNNI or bf16; a shared machine under heavy load, load average 10 -> 17, so the

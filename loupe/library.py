@@ -36,6 +36,7 @@ from loupe.ingest import IndexReport, Progress, plan, run_index
 from loupe.ingest.apply import commit_embedded
 from loupe.models import Encoder, ModelSpec, load_encoder
 from loupe.models.hub import ensure_downloadable
+from loupe.models.loader import peek_identity
 from loupe.models.options import check_runtime, runtime_info
 from loupe.search import pipeline
 from loupe.search.query import QueryBuilder
@@ -190,12 +191,14 @@ class Library:
                 self.set_index_spec(options.index_spec)
             todo = plan(self.catalog, self.root, options)
             identity = self.identity
+            # a new library's model exported before: pixels are prepared while it loads
+            pixels_from = identity or (peek_identity(self.model, self.weights) if todo.todo else None)
             report = run_index(
                 self.catalog, todo, self.root, options,
                 space=lambda: self.catalog.active_space() or self._space_from_encoder(),
                 encoder=lambda: self.tower("image"),
                 image_size=int(identity["image_size"]) if identity else None,
-                progress=progress,
+                progress=progress, identity=pixels_from,
             )
             self.save_vectors()
         return report

@@ -189,3 +189,70 @@ def test_warmer_on_a_library_without_a_model(tmp_path):
     warmer.start()
     assert warmer.wait()["state"] == "no model"
     lib.close()
+
+
+# --- indexing prepares pixels while the model loads ------------------------------------------------
+def _record_prepares_before_the_model(monkeypatch):
+    """Count pixels prepared before the first model load of the index run."""
+    import loupe.ingest.run as run
+    import loupe.library
+
+    seen = {"prepared": 0, "at_load": None}
+    real_prepare, real_load = run.preprocess.prepare, loupe.library.load_encoder
+
+    def prepare(image, identity):
+        seen["prepared"] += 1
+        return real_prepare(image, identity)
+
+    def load(*a, **k):
+        if seen["at_load"] is None:
+            seen["at_load"] = seen["prepared"]
+        return real_load(*a, **k)
+
+    monkeypatch.setattr(run.preprocess, "prepare", prepare)
+    monkeypatch.setattr(loupe.library, "load_encoder", load)
+    return seen
+
+
+def test_a_new_library_prepares_pixels_from_an_earlier_export(tmp_path, monkeypatch):
+    from loupe.models.cache import EXPORT_FORMAT, export_dir, write_json
+    from loupe.models.loader import peek_identity
+
+    cache = tmp_path / "models"
+    monkeypatch.setenv("LOUPE_MODEL_CACHE", str(cache))
+    assert peek_identity(TINY) is None                       # never exported: nothing to peek
+    ref = load_encoder(TINY, device="cpu", backend="torch", towers=("image",))
+    # what an export records (the manifest's identity is the torch reference's)
+    write_json(export_dir("loupe-tiny", "random:seed0") / "manifest.json",
+               {"format": EXPORT_FORMAT, "identity": ref.identity, "towers": {}})
+    assert peek_identity(TINY) == ref.identity
+
+    seen = _record_prepares_before_the_model(monkeypatch)
+    root = tmp_path / "photos"
+    make_folder(root, 12)
+    lib = Library.open(root / ".loupe", model=TINY, device="cpu", backend="torch")
+    report = lib.index()
+    assert report.added == 12 and report.errors == 0
+    assert seen["at_load"] >= 1       # decode threads prepared pixels before the model was asked for
+    # and the vectors are the model's own on those pixels
+    from PIL import Image
+
+    ids, vecs = lib.all_vectors()
+    rec = lib.record(int(ids[0]))
+    want = ref.encode_images([Image.open(root / rec["path"]).convert("RGB")])[0]
+    assert float(vecs[0] @ want) > 0.9999
+    lib.close()
+
+
+def test_an_existing_library_decodes_without_waiting_for_the_model(tmp_path, monkeypatch):
+    root = tmp_path / "photos"
+    make_folder(root, 4)
+    lib = Library.open(root / ".loupe", model=TINY, device="cpu", backend="torch")
+    lib.index()
+    lib.close()
+    make_folder(root, 10, start=50)
+    seen = _record_prepares_before_the_model(monkeypatch)
+    lib = Library.open(root / ".loupe", device="cpu", backend="torch")
+    assert lib.index().added == 10
+    assert seen["at_load"] >= 1
+    lib.close()

@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from loupe.core.config import IndexOptions
-from loupe.core.errors import DecodeError
+from loupe.core.errors import DecodeError, ModelError
 from loupe.ingest import embed as emb
 from loupe.ingest.apply import IndexReport, RunState, commit
 from loupe.ingest.embed import Item
 from loupe.ingest.plan import Plan
 from loupe.media.scan import FileEntry
+from loupe.models import preprocess
 from loupe.models.options import runtime_info
 from loupe.storage.catalog import Catalog
 
@@ -34,9 +35,12 @@ Progress = Callable[[int, int], None]
 
 def run_index(catalog: Catalog, plan: Plan, root: Path, options: IndexOptions, *,
               space: Callable[[], int], encoder: Callable[[], Any], image_size: int | None,
-              progress: Progress | None = None) -> IndexReport:
+              progress: Progress | None = None,
+              identity: dict[str, Any] | None = None) -> IndexReport:
     """Carry out `plan`. `space()` and `encoder()` are called only when content must be
-    embedded (they load the model); `image_size` is the space's, when it is known."""
+    embedded (they load the model); `image_size` is the space's, when it is known.
+    `identity` (the space's, or a new library's model as exported before): pixels are then
+    prepared from it in the decode threads while the model loads, instead of waiting for it."""
     started = time.perf_counter()
     report = IndexReport(scanned=plan.scanned, unchanged=plan.unchanged,
                          unreadable=list(plan.seen.unreadable), outside_links=len(plan.seen.outside_links))
@@ -55,6 +59,8 @@ def run_index(catalog: Catalog, plan: Plan, root: Path, options: IndexOptions, *
     report.removed = len(plan.gone)
 
     space_id = catalog.active_space()
+    if identity is not None and image_size is None:
+        image_size = int(identity["image_size"])
     if image_size is None and plan.todo:   # a new library: the model names the space
         image_size = encoder().image_size
         space_id = space()
@@ -66,8 +72,10 @@ def run_index(catalog: Catalog, plan: Plan, root: Path, options: IndexOptions, *
     if progress:
         progress(0, total)
 
+    quick = identity is not None and preprocess.supports(identity)
+
     def prepare(image: Any) -> Any:
-        return encoder().prepare(image)
+        return preprocess.prepare(image, identity) if quick else encoder().prepare(image)
 
     def work(entry: FileEntry) -> Item:
         return emb.read(entry, root, known=state.known, max_file_bytes=options.max_file_bytes,
@@ -83,9 +91,12 @@ def run_index(catalog: Catalog, plan: Plan, root: Path, options: IndexOptions, *
         _fill_reused(catalog, batch, state, root, options)
         if any(it.pixels is not None for it in batch):
             report.model_loaded = True
-            emb.embed(batch, encoder().encode_pixels)
             if report.encoder is None:
+                _same_pixels(encoder(), identity if quick else None)
                 report.encoder = runtime_info(encoder())
+            if state.space < 0:   # a new library whose pixels were prepared before the model
+                state.space = space()
+            emb.embed(batch, encoder().encode_pixels)
         commit(catalog, batch, state, report)
         done += len(batch)
         batch, n_new = [], 0
@@ -113,6 +124,17 @@ def run_index(catalog: Catalog, plan: Plan, root: Path, options: IndexOptions, *
         report.seconds = time.perf_counter() - started
         catalog.set_meta("last_index", {"finished_at": time.time(), **report.to_dict()}, db=db)
     return report
+
+
+def _same_pixels(enc: Any, identity: dict[str, Any] | None) -> None:
+    """Pixels prepared from `identity` before the model loaded must be the model's own input."""
+    if identity is None:
+        return
+    keys = ("image_size", "preprocess", "pipeline")
+    if any(enc.identity.get(k) != identity.get(k) for k in keys):
+        raise ModelError(f"the model's pixel pipeline ({[enc.identity.get(k) for k in keys]}) is "
+                         f"not the one its export recorded ({[identity.get(k) for k in keys]}): "
+                         "delete the model cache (LOUPE_MODEL_CACHE) and index again")
 
 
 def _fill_reused(catalog: Catalog, batch: list[Item], state: RunState, root: Path,

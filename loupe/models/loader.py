@@ -157,6 +157,26 @@ def load_encoder(name: str, weights: str | Path | None = None, device: str = "au
     return load_exported(folder, towers, runtime, precision, threads, text_cache)
 
 
+def peek_identity(name: str, weights: str | Path | None = None,
+                  cache_dir: str | Path | None = None) -> dict[str, Any] | None:
+    """The identity of a model exported before (from its manifest: image size, pixel pipeline),
+    without loading it; None when it has not been exported or cannot be named cheaply. The
+    indexer uses it to decode and prepare pixels while the model loads."""
+    if name.startswith("immich"):
+        return None
+    try:
+        spec = ModelSpec.parse(name, weights)
+        if spec.weights is None and not spec.tag and not spec.arch.startswith(("hf-hub:", "local-dir:")):
+            return None  # naming the default tag would import open_clip
+        source = resolve_source(spec, cache_dir)
+        extra = dir_fingerprint(spec.weights) if spec.weights is not None and spec.weights.is_dir() else ""
+        manifest = read_manifest(export_dir(spec.arch, source, cache_dir, extra))
+    except (ModelError, OSError, ValueError):
+        return None
+    identity = (manifest or {}).get("identity")
+    return dict(identity) if isinstance(identity, dict) else None
+
+
 def _auto_is_cpu() -> bool:
     if auto_is_cpu():
         return True  # decided without importing torch
