@@ -170,8 +170,11 @@ def export_loupe_model(model: str, cache: Path, photos: list[Path]) -> float:
     """Loupe's one-off export + check (what the first `loupe index` of a model pays)."""
     env = {**os.environ, "LOUPE_MODEL_CACHE": str(cache)}
     env.pop("LOUPE_BACKEND", None)
+    # both towers (export + check), then the text tower alone: auto measures OpenVINO against
+    # ONNX Runtime once per tower, which must not happen inside a timed cold query
     code = ("import sys; from loupe.models import load_encoder; "
-            "load_encoder(sys.argv[1], device='cpu', check_images=sys.argv[2:])")
+            "load_encoder(sys.argv[1], device='cpu', check_images=sys.argv[2:]); "
+            "load_encoder(sys.argv[1], device='cpu', towers=('text',))")
     t = time.perf_counter()
     subprocess.run([sys.executable, "-c", code, model, *map(str, photos[:8])], env=env, check=True)
     return time.perf_counter() - t
