@@ -267,6 +267,8 @@ def test_auto_on_a_cpu_uses_an_export_and_measures_openvino_once(exported):
     assert len(speeds) == 1  # one CPU model, measured once
     rates = next(iter(speeds.values()))["image"]
     assert set(rates) == {"onnxruntime", "openvino"}
+    # measured with the image tower, so that the first text query does not measure its own
+    assert set(next(iter(speeds.values()))["text"]) == {"onnxruntime", "openvino"}
     want = "openvino" if rates["openvino"] >= 1.1 * rates["onnxruntime"] else "onnxruntime"
     assert enc.backend == want
     again = load_encoder(TINY, device="cpu", cache_dir=cache)
