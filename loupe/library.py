@@ -17,6 +17,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,7 @@ class Library:
         self._encoders: dict[frozenset[str], Encoder] = {}
         self._vectors: SpaceVectors | None = None
         self._text_bank: tuple[Any, Any] | None = None
+        self._ocr: Any = None                # the OCR engine, loaded by the first run that reads text
         self._lock = threading.RLock()
         # Loading a model takes seconds: its own lock, so that searches of other kinds, stats
         # and health checks never wait behind a tower loading in the background.
@@ -181,11 +183,16 @@ class Library:
         self.close()
 
     # --- indexing ---------------------------------------------------------------------------
-    def index(self, options: IndexOptions | None = None, progress: Progress | None = None) -> IndexReport:
+    def index(self, options: IndexOptions | None = None, progress: Progress | None = None,
+              ocr_progress: Progress | None = None) -> IndexReport:
         """Bring the catalog up to date with the root folder: embed new and changed files,
         keep vectors of moved ones, drop deleted ones. Loads the model only when some
-        content is new. One writer per library: a second one gets a clear error."""
+        content is new. One writer per library: a second one gets a clear error.
+        With OCR on (`options.ocr`, else the library's recorded choice) a second pass then
+        reads the text in every content not read yet (`loupe.ingest.ocr`; `ocr_progress`,
+        else `progress`, follows it)."""
         options = options or IndexOptions()
+        engine = self.ocr_engine(options.ocr)   # a missing engine is said before anything changes
         with self.writing(), _disk_errors(self.path):
             if options.index_spec is not None:
                 self.set_index_spec(options.index_spec)
@@ -201,7 +208,44 @@ class Library:
                 progress=progress, identity=pixels_from,
             )
             self.save_vectors()
+            report.ocr = self._read_text(engine, options, ocr_progress or progress)
         return report
+
+    def ocr_engine(self, enable: bool | None = None) -> Any:
+        """The OCR engine when reading text is on (`enable`, else the library's recorded
+        choice), loaded once; None when off. Raises LibraryError when it is not installed."""
+        from loupe.text import store as text_store
+
+        setting = text_store.ocr_setting(self.catalog.db)
+        if not (setting.get("enabled", False) if enable is None else enable):
+            return None
+        if self._ocr is None:
+            from loupe.ingest.ocr import load_engine
+
+            self._ocr = load_engine(setting.get("engine") or default("ocr_engine"),
+                                    default("ocr_threads"))
+        return self._ocr
+
+    def _read_text(self, engine: Any, options: IndexOptions, progress: Progress | None
+                   ) -> dict[str, Any] | None:
+        from loupe.ingest.ocr import run_ocr
+        from loupe.text import store as text_store
+
+        with self.catalog.transaction(bump=False) as db:
+            if options.ocr is not None:   # the choice stays for later runs (and `loupe serve`)
+                text_store.set_ocr_setting(db, enabled=bool(options.ocr))
+            text_store.drop_orphan_ocr(db)
+        if engine is None:
+            return None
+        return run_ocr(self.catalog, self.root, engine, options, progress=progress).to_dict()
+
+    def text_status(self) -> dict[str, Any]:
+        """OCR on or off, its engine, and how many indexed contents it has read."""
+        from loupe.text import store as text_store
+
+        setting = text_store.ocr_setting(self.catalog.db)
+        return {"ocr": bool(setting.get("enabled")), "engine": setting.get("key"),
+                **text_store.ocr_counts(self.catalog.db, setting.get("key"))}
 
     def add_embedded(self, rows: Iterable[tuple[str, str, np.ndarray, dict[str, Any]]],
                      batch_size: int = 10_000) -> int:
@@ -387,25 +431,47 @@ class Library:
         `search("a dog")`, `search(image="q.jpg", text="at night", rerank="superglobal")`,
         or `search(request=SearchRequest(...))`."""
         request = request or SearchRequest(text=text, **terms)
-        return self.hits(self.run(request))
+        hits = self.hits(self.run(request))
+        if _channels(request) != "vector":
+            from loupe.text.store import explain
+
+            why = explain(self.catalog.db, str(request.text), [h.id for h in hits])
+            for h in hits:
+                h.meta["why"] = why.get(h.id)
+        return hits
 
     def run(self, request: SearchRequest) -> Candidates:
         """The pipeline's ranked candidates for a request (what `search` turns into hits)."""
         if request.k < 1:
             raise QueryError(f"k must be at least 1, got {request.k}")
         stages = _stages(request.rerank)
+        channels = _channels(request)
+        if channels == "text" and not stages:   # the full-text index alone: no model loads
+            from loupe.storage.store import CatalogStore
+
+            store: Any = CatalogStore(self.catalog, None, self.root, self.path)  # type: ignore[arg-type]
+            query = Query(np.zeros(0, np.float32), text=str(request.text), filters=request.filters)
+            return pipeline.run(query, store, request.k, channels="text")
         store = self.store
+        built = request
+        if channels != "vector":   # the vectors read the words, not the quotes around a phrase
+            from loupe.search.text import vector_text
+
+            built = replace(request, text=vector_text(str(request.text)))
         builder = QueryBuilder(lambda: self.tower(*_towers_for(request)), store, self.resolve)
         need_pixels = any(s.needs_pixels for s in stages)
         if request.liked or request.unliked:   # relevance feedback moves the query first
             from loupe.search.answers import with_feedback
 
-            query = with_feedback(request, lambda r: builder.build(r, need_pixels=need_pixels),
+            query = with_feedback(built, lambda r: builder.build(r, need_pixels=need_pixels),
                                   store, self.resolve)
         else:
-            query = builder.build(request, need_pixels=need_pixels)
+            query = builder.build(built, need_pixels=need_pixels)
+        if channels != "vector":   # the text channel reads the query as typed
+            query.text = str(request.text).strip()
         self._give_text_bank(stages, query, store)
-        return pipeline.run(query, store, request.k, stages, request.rerank_depth, request.threshold)
+        return pipeline.run(query, store, request.k, stages, request.rerank_depth, request.threshold,
+                            channels=channels)
 
     def _give_text_bank(self, stages: list[Any], query: Query, store: CatalogStore) -> None:
         """Stages that calibrate a text query against typical queries (cut-off, hubness) get
@@ -468,6 +534,7 @@ class Library:
             "last_index": self.catalog.get_meta("last_index"),
             # what the models loaded in this process run on (a server's warm text tower)
             "encoders": [runtime_info(e) for e in list(self._encoders.values())],
+            "text": self.text_status(),
             "error_list": self.catalog.errors(),
         }
 
@@ -505,6 +572,28 @@ def _batched(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:
             batch = []
     if batch:
         yield batch
+
+
+def _channels(request: SearchRequest) -> str:
+    """The channels a request searches: hybrid for a text query unless it says otherwise; the
+    vectors alone for image, indexed-image and arithmetic queries (asking for text there is
+    an error)."""
+    from loupe.search.text import CHANNELS
+
+    asked = request.channels
+    if asked is not None and asked not in CHANNELS:
+        raise QueryError(f"channels must be one of {', '.join(CHANNELS)}, got {asked!r}")
+    text_query = (request.expr is None and request.image is None and request.like is None
+                  and isinstance(request.text, str) and bool(request.text.strip()))
+    if asked is None:
+        return "hybrid" if text_query else "vector"
+    if asked == "text" and request.threshold is not None:
+        raise QueryError("a score floor (threshold) is on vector similarity: the text-only search "
+                         "has none")
+    if asked != "vector" and not text_query:
+        raise QueryError(f"the {asked} search needs a text query alone (no image, like or "
+                         "query arithmetic)")
+    return asked
 
 
 def _towers_for(request: SearchRequest) -> tuple[str, ...]:

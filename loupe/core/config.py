@@ -46,6 +46,9 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             "confident match) and near-duplicate collapse; 'none' shows plain top-k. "
             "--all / 'show all' turns them off for one search."),
     Setting("fusion_weight", 0.5, "Image+text queries: weight of the image (1 = image only)."),
+    Setting("ocr_engine", "rapidocr",
+            "OCR engine of `loupe index --ocr` (loupe.text.ocr registry; rapidocr needs [ocr])."),
+    Setting("ocr_threads", 0, "Threads the OCR engine uses; 0 = up to 4, one per core."),
 )}
 
 
@@ -99,3 +102,4 @@ class IndexOptions:
     skip_hidden: bool = True
     index_spec: str | None = None           # force the search index kind (FAISS-like spec string)
     prune: bool = False                     # forget files even when most of the library is gone
+    ocr: bool | None = None                 # read text in images; None: as the library last chose

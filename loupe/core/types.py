@@ -55,6 +55,8 @@ class SearchRequest:
     threshold: float | None = None
     liked: Sequence[int | str | Path] = ()     # relevance feedback (Rocchio): more like these
     unliked: Sequence[int | str | Path] = ()   # ... fewer like these
+    channels: str | None = None             # "hybrid", "text", "vector"; None: hybrid for text
+                                            # queries, vector for the rest (loupe.search.text)
 
 
 @dataclass

@@ -31,6 +31,7 @@ class IndexReport:
     unreadable: list[str] = field(default_factory=list)      # folders the scan could not read
     outside_links: int = 0                                    # symlinks leaving the root: skipped
     error_list: list[tuple[str, str]] = field(default_factory=list)
+    ocr: dict[str, Any] | None = None                        # the OCR pass (loupe.ingest.ocr)
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "error_list"}

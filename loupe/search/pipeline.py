@@ -24,13 +24,20 @@ def first_stage_depth(k: int, stages: Sequence[Reranker], depth: int | None = No
 
 
 def run(query: Query, store: Store, k: int, stages: Sequence[Reranker] = (),
-        depth: int | None = None, threshold: float | None = None) -> Candidates:
+        depth: int | None = None, threshold: float | None = None,
+        channels: str = "vector") -> Candidates:
     """Top-k for a built query: the store's first stage (filters inside it, `query.filters`;
     `query.exclude_ids` never returned), then each stage over its head, then the cut to k
-    and the score floor."""
+    and the score floor. `channels` "text" or "hybrid" searches the full-text index too
+    (`loupe.search.text`; the floor then applies to the vector channel before fusion)."""
     stages = list(stages)
-    cands = store.search_vector(query.vector, first_stage_depth(k, stages, depth),
-                                query.filters, exclude=query.exclude_ids)
+    n = first_stage_depth(k, stages, depth)
+    if channels == "vector":
+        cands = store.search_vector(query.vector, n, query.filters, exclude=query.exclude_ids)
+    else:
+        from loupe.search.text import first_stage
+
+        cands, threshold = first_stage(query, store, n, channels, threshold), None
     cands = apply(stages, query, cands, store, depth).head(k)
     if threshold is not None:
         cands = cands.take(np.flatnonzero(cands.scores >= threshold))

@@ -24,6 +24,7 @@ from loupe.core.errors import LibraryError
 from loupe.core.paths import glob_match
 from loupe.core.types import Filters
 from loupe.storage.migrations import migrate, pending, space_digest
+from loupe.text import store as text_store
 
 # put_image runs inside a bumping transaction: the row belongs to the generation it creates.
 _NEXT_GEN = "COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'generation'), 0) + 1"
@@ -148,6 +149,10 @@ class Catalog:
             (*to_db(rel), sha, size, mtime, *(meta.get(c) for c in ("width", "height", "format", "taken_at")),
              date, meta.get("camera"), "error" if error else "ok", error, time.time()),
         )
+        # The row's full-text document, in the same transaction (loupe.text.store).
+        path = to_db(rel)[0]
+        image_id = db.execute("SELECT id FROM images WHERE path = ?", (path,)).fetchone()[0]
+        text_store.write_document(db, image_id, path, sha, {**meta, "date": date}, ok=not error)
 
     @staticmethod
     def put_vector(db: sqlite3.Connection, space: int, sha: str, vector: np.ndarray) -> None:
@@ -158,6 +163,8 @@ class Catalog:
 
     @staticmethod
     def delete_paths(db: sqlite3.Connection, rels: Iterable[str]) -> None:
+        rels = list(rels)
+        text_store.remove_paths(db, (to_db(r)[0] for r in rels))
         db.executemany("DELETE FROM images WHERE path = ?", ((to_db(r)[0],) for r in rels))
 
     @staticmethod

@@ -104,7 +104,18 @@ def m004_path_bytes(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE images ADD COLUMN path_bytes BLOB")
 
 
-MIGRATIONS: tuple[Migration, ...] = (m001_initial, m002_embedding_spaces, m003_epoch, m004_path_bytes)
+def m005_text_fts(db: sqlite3.Connection) -> None:
+    """The text layer (issue 14): the OCR cache by content hash and an FTS5 document per
+    searchable image (file and folder names, camera, date; OCR words once read), written for
+    every row already indexed, so file names are searchable at once."""
+    from loupe.text import fts, store
+
+    fts.ensure_schema(db)
+    store.rebuild_documents(db)
+
+
+MIGRATIONS: tuple[Migration, ...] = (m001_initial, m002_embedding_spaces, m003_epoch, m004_path_bytes,
+                                     m005_text_fts)
 
 # The pixel pipeline of Loupe 0.1.0 (the same as today's): recorded for migrated spaces.
 PIPELINE_0_1_0 = {"decode": "jpeg-draft>=image_size", "exif_orientation": True, "alpha": "white"}

@@ -36,6 +36,22 @@ class CatalogStore:
         ids, scores = self.space_vectors.search(vec, k, allowed=allowed, exclude=list(exclude))
         return Candidates(ids, scores)
 
+    def search_text(self, text: str, k: int, filters: Filters | None = None,
+                    exclude: Iterable[int] = (), searchable: bool = False) -> list[Any]:
+        """Top-k of the full-text index (`loupe.text.fts.search`: TextHit(image_id, score,
+        matched_terms)); filters travel into the query as the allowed ids. `searchable` keeps
+        only images the active space's vectors hold (for fusion with them)."""
+        from loupe.text import fts
+
+        allowed = self.catalog.filter_ids(filters) if filters and not filters.is_empty() else None
+        skip = set(exclude)
+        hits = [h for h in fts.search(self.catalog.db, text, k + len(skip), allowed)
+                if h.image_id not in skip][:k]
+        if searchable and hits:
+            found = self.space_vectors.contains([h.image_id for h in hits])
+            hits = [h for h, ok in zip(hits, found, strict=True) if ok]
+        return hits
+
     def vectors(self, ids: np.ndarray) -> np.ndarray:
         return self.space_vectors.vectors(ids)
 
