@@ -157,11 +157,17 @@ def _open(library: Path | None, model: str | None, weights: Path | None, device:
 def _index_with_progress(lib: Library, options: IndexOptions, quiet: bool) -> Any:
     with _progress("indexing", quiet=quiet) as bar:
         task = bar.add_task("index", total=None)
+        reading: list[Any] = []
 
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        return lib.index(options, progress=progress)
+        def ocr_progress(done: int, total: int) -> None:
+            if not reading:   # the OCR pass gets a bar of its own once it starts
+                reading.append(bar.add_task("[bold]reading text", total=total))
+            bar.update(reading[0], completed=done, total=total)
+
+        return lib.index(options, progress=progress, ocr_progress=ocr_progress)
 
 
 @app.command()
@@ -198,6 +204,10 @@ def index(
     prune: Annotated[bool, typer.Option(
         "--prune", help="Forget missing files even when most of the library is gone (otherwise "
         "such a run stops: an unmounted drive looks the same).")] = False,
+    ocr: Annotated[bool | None, typer.Option(
+        "--ocr/--no-ocr", help="Read the text in images (OCR, about 1.7 CPU-s a photo) so that "
+        "searches find their words; the library remembers the choice for later runs. Needs "
+        "pip install 'loupe-search[ocr]'.", show_default=False)] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Index FOLDER: embed new and changed images, keep moved ones, forget deleted ones.
@@ -210,6 +220,7 @@ def index(
     loupe index ~/Pictures
     loupe index ~/Pictures --exclude 'screenshots/**'
     loupe index ~/Pictures --model ViT-B-32 --weights ~/models/vit-b-32.safetensors
+    loupe index ~/Pictures --ocr        (also read the text in images, now and later)
     """
     lib_path = (library or folder / LIBRARY_DIRNAME).expanduser().absolute()
     created = not (lib_path / CATALOG_FILENAME).exists()
@@ -218,7 +229,7 @@ def index(
     options = IndexOptions(
         include=tuple(include or ()), exclude=tuple(exclude or ()), batch_size=batch_size,
         workers=workers, max_pixels=max_pixels, max_file_bytes=int(max_file_mb * 2**20),
-        index_spec=index_spec, prune=prune,
+        index_spec=index_spec, prune=prune, ocr=ocr,
     )
     try:
         if dba is not None:
@@ -267,6 +278,13 @@ def index(
         err.print(f"  ... and {len(report.error_list) - 20} more (`loupe stats --json` lists all)")
     if features is not None:
         err.print("local features: " + ", ".join(f"{v} {k}" for k, v in features.items()))
+    if report.ocr is not None:
+        o = report.ocr
+        err.print(f"text: read {o['read']} new contents in {o['seconds']:.1f}s ({o['with_text']} with "
+                  f"words); {o['contents'] - o['todo'] + o['read']} of {o['contents']} read so far")
+        for path, why in [(e["path"], e["error"]) for e in o["skipped"][:20]]:
+            err.print(f"  [yellow]text not read[/] {escape(printable(path))}: {escape(printable(why))}",
+                      highlight=False)
     err.print(f"library: {escape(printable(str(lib.path)))}")
 
 
@@ -324,6 +342,11 @@ def search(
     rerank_depth: Annotated[int | None, typer.Option(min=1, help="How many first-stage results to rerank "
                                                      "(default: each reranker's own).", show_default=False,
                                                      metavar="M")] = None,
+    text_only: Annotated[bool, typer.Option(
+        "--text-only", help="Only the full-text index: words read in the images (--ocr), file and "
+        "folder names, camera, date. No model loads.")] = False,
+    vector_only: Annotated[bool, typer.Option(
+        "--vector-only", help="Only the vectors: leave the full-text index out.")] = False,
     show_boxes: Annotated[Path | None, typer.Option(
         help="Write each result with its located box (from --rerank spatial) into this folder.",
         show_default=False, metavar="DIR")] = None,
@@ -350,6 +373,11 @@ def search(
     listing noise; near-duplicates fold into their best one ("+3 similar"). --all
     shows everything. The `answers` setting (`loupe settings`) holds the default.
 
+    A text query searches the vectors and the full-text index (words read in the images
+    with `loupe index --ocr`, file and folder names, camera, date) and fuses the two:
+    images whose text holds every word come first, each saying which words matched.
+    A phrase in double quotes must appear as written.
+
     \b
     loupe search "a dog on a beach"
     loupe search "a dog on a beach" --all --format json   # raw and calibrated scores
@@ -361,6 +389,8 @@ def search(
     loupe search --like holidays/IMG_0042.jpg --since 2023-01-01
     loupe search "2:golden retriever" + pool.jpg - fruit
     loupe search "sunset" --format paths | xargs -d '\\n' open
+    loupe search '"invoice 2023" paid'         (the phrase must appear)
+    loupe search receipt --text-only           (words and names only, no model)
     """
     fmt = "json" if json_out else output.lower()
     if fmt not in FORMATS:
@@ -380,6 +410,13 @@ def search(
     from loupe.search.answers import face_chain, summary
 
     chain = face_chain(chain, show_all=show_all, diverse=diverse)
+    if text_only and vector_only:
+        raise QueryError("--text-only and --vector-only switch off each other's channel: give one")
+    channels = "text" if text_only else "vector" if vector_only else None
+    if text_only and (image is not None or like is not None or not words):
+        raise QueryError("--text-only searches words: give a text query, without --image or --like")
+    if text_only and threshold is not None:
+        raise QueryError("--threshold is a floor on vector similarity: --text-only has none")
     lib = _open(library, model, weights, device, backend=backend, precision=precision)
     if update:
         _index_with_progress(lib, IndexOptions(), quiet=fmt != "table")
@@ -396,7 +433,7 @@ def search(
     like_ref = liked[0] if liked and not feedback else None
     request = SearchRequest(k=top, filters=filters, threshold=threshold, rerank=chain,
                             rerank_depth=rerank_depth, box=box_value,
-                            liked=liked if feedback else (), unliked=unliked)
+                            liked=liked if feedback else (), unliked=unliked, channels=channels)
     if words and looks_like_expr(words) and image is None and like_ref is None:
         request.expr = words
     else:

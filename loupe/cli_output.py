@@ -53,8 +53,21 @@ def hit_rows(hits: Sequence[Any], cwd: Path | None = None) -> list[dict[str, Any
                      "path": shown_path(h.path, cwd), "size": size,
                      "date": (h.meta.get("date") or "")[:10], "box": bool(h.box),
                      "confidence": h.meta.get("confidence"),
-                     "similar": (h.meta.get("group") or {}).get("size", 1) - 1})
+                     "similar": (h.meta.get("group") or {}).get("size", 1) - 1,
+                     "matched": why_text(h.meta.get("why"))})
     return rows
+
+
+_FIELD_NAMES = {"ocr": "in the image", "name": "file name", "folders": "folder", "camera": "camera",
+                "date": "date"}
+
+
+def why_text(why: dict[str, Any] | None) -> str:
+    """A text match in a few words: 'invoice, 2023 (in the image); scans (folder)'."""
+    if not why:
+        return ""
+    return "; ".join(f"{', '.join(printable(t) for t in terms)} ({_FIELD_NAMES.get(f, f)})"
+                     for f, terms in why.get("fields", {}).items())
 
 
 def write_hits(hits: Sequence[Any], fmt: str, library: Path, stream: Any = None,
@@ -97,12 +110,15 @@ def write_table(rows: list[dict[str, Any]], stream: Any) -> None:
             path = Text(r["path"]) + (Text(" ▣ box", style="green") if r["box"] else Text(""))
             if r.get("similar"):
                 path += Text(f" +{r['similar']} similar", style="cyan")
+            if r.get("matched"):
+                path += Text(f"  text: {r['matched']}", style="cyan")
             table.add_row(str(r["rank"]), str(r["id"]), _score(r), path, r["size"], r["date"])
         Console(file=stream).print(table)
         return
     cells = [["#", "id", "score", "path", "size", "date"]] + [
         [str(r["rank"]), str(r["id"]), _score(r), r["path"] + (" [box]" if r["box"] else "")
-         + (f" [+{r['similar']} similar]" if r.get("similar") else ""),
+         + (f" [+{r['similar']} similar]" if r.get("similar") else "")
+         + (f"  [text: {r['matched']}]" if r.get("matched") else ""),
          r["size"], r["date"]] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
     for row in cells:

@@ -30,7 +30,8 @@ def test_a_0_1_0_library_migrates_in_place_with_the_same_results(old_library):
     expected = json.loads((old_library / "expected.json").read_text())
     assert expected["loupe_version"] == "0.1.0"
     lib = Library.open(old_library / ".loupe", device="cpu")
-    assert lib.catalog.migrated == ["m001_initial", "m002_embedding_spaces", "m003_epoch", "m004_path_bytes"]
+    assert lib.catalog.migrated == ["m001_initial", "m002_embedding_spaces", "m003_epoch", "m004_path_bytes",
+                                    "m005_text_fts"]
     (space,) = lib.catalog.spaces()
     assert (space["name"], space["vectors"], space["active"]) == ("loupe-tiny:random", 10, True)
     assert space["identity"]["pipeline"]["decode"] == "jpeg-draft>=image_size"
@@ -50,7 +51,7 @@ def test_a_0_1_0_library_migrates_in_place_with_the_same_results(old_library):
     again = Library.open(old_library / ".loupe", device="cpu")
     assert again.catalog.migrated == []          # recorded: a migration runs once
     assert [r[0] for r in again.catalog.db.execute("SELECT name FROM _migrations ORDER BY name")] \
-        == ["m001_initial", "m002_embedding_spaces", "m003_epoch", "m004_path_bytes"]
+        == ["m001_initial", "m002_embedding_spaces", "m003_epoch", "m004_path_bytes", "m005_text_fts"]
 
 
 def test_vectors_are_keyed_by_space_and_content(old_library):

@@ -47,9 +47,9 @@ def first_stage(query: Query, store: Any, n: int, channels: str,
     vec = store.search_vector(query.vector, n, query.filters, exclude=query.exclude_ids)
     if threshold is not None:
         vec = vec.take(np.flatnonzero(vec.scores >= threshold))
-    if not hits:
-        return vec
     _, phrases = parse_text_query(query.text)
+    if not hits:   # nothing to fuse: the vector ranking as it is, unless a phrase must appear
+        return vec.head(0) if phrases else vec
     fused = hybrid(vec.ids.tolist(), hits, n, require_text=bool(phrases))
     return Candidates(np.array([f.image_id for f in fused], np.int64),
                       np.array([f.score for f in fused], np.float32))
