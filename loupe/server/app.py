@@ -271,6 +271,11 @@ class SearchParams:
                                    "near-duplicates not grouped.")] = False,
         diverse: Annotated[float | None, Query(ge=0, le=1, description="Vary the results (MMR "
                                                "lambda: 1 = plain relevance).")] = None,
+        channels: Annotated[str | None, Query(pattern="^(hybrid|text|vector)$", description=(
+            "Text queries: hybrid (vectors and the full-text index fused, the default), text (words "
+            "read in the images, file names, camera, date: no model) or vector. Each text hit "
+            "carries `why`: the matched terms and the words read in the image, with their boxes "
+            "in pixels of the full-size image."))] = None,
     ):
         self.q = q.strip() if q and q.strip() else None
         self.like, self.weight, self.k, self.offset = like, weight, k, offset
@@ -280,6 +285,7 @@ class SearchParams:
         self.rerank = _rerankers(rerank)
         self.liked, self.unliked = list(liked or [])[:50], list(unliked or [])[:50]
         self.all, self.diverse = all, diverse
+        self.channels = channels
 
 
 def _page(lib: Library, p: SearchParams, **query: Any) -> dict[str, Any]:
@@ -290,7 +296,7 @@ def _page(lib: Library, p: SearchParams, **query: Any) -> dict[str, Any]:
     chain = face_chain(p.rerank, show_all=p.all, diverse=p.diverse)
     # One extra result says whether another page exists.
     hits = lib.search(**query, k=p.offset + p.k + 1, filters=p.filters, rerank=chain,
-                      liked=p.liked, unliked=p.unliked)
+                      liked=p.liked, unliked=p.unliked, channels=p.channels)
     page = hits[p.offset:p.offset + p.k]
     results = []
     for rank, h in enumerate(page, p.offset + 1):

@@ -71,6 +71,8 @@ function searchRequest(offset) {
     return [`/api/search?${params}`, {}];
   }
   params.set("q", state.text);
+  const channels = $("f-channels").value;
+  if (channels) params.set("channels", channels);
   return [`/api/search?${params}`, {}];
 }
 
@@ -185,6 +187,9 @@ function renderResults(results) {
     img.alt = hit.rel_path;
     img.loading = "lazy";
     img.decoding = "async";
+    const thumb = document.createElement("span");
+    thumb.className = "thumb";
+    thumb.append(img, ...thumbMarks(hit));
     const name = document.createElement("span");
     name.className = "name";
     name.textContent = baseName(hit.rel_path);
@@ -192,7 +197,15 @@ function renderResults(results) {
     const caption = document.createElement("span");
     caption.className = "score";
     caption.textContent = `#${hit.rank} · ${hit.score.toFixed(3)}`;
-    button.append(img, name, caption);
+    button.append(thumb, name, caption);
+    const matched = whyText(hit.why);
+    if (matched) {
+      const line = document.createElement("span");
+      line.className = "matched";
+      line.textContent = matched;
+      line.title = matched;
+      button.append(line);
+    }
     button.addEventListener("click", () => openViewer(hit, button));
     li.append(button, cardActions(hit, li));
     list.append(li);
@@ -285,6 +298,61 @@ function baseName(relPath) {
   return relPath.split("/").pop();
 }
 
+// --- why a text hit matched: its words, outlined where they were read ----------------------------
+const FIELD_NAMES = { ocr: "in the image", name: "file name", folders: "folder", camera: "camera", date: "date" };
+
+function whyText(why) {
+  if (!why || !why.fields) return "";
+  return Object.entries(why.fields)
+    .map(([field, terms]) => `${terms.join(", ")} (${FIELD_NAMES[field] || field})`).join("; ");
+}
+
+function mark(left, top, width, height, title) {
+  const el = document.createElement("span");
+  el.className = "mark";
+  el.title = title;
+  Object.assign(el.style, { left: `${left}%`, top: `${top}%`, width: `${width}%`, height: `${height}%` });
+  return el;
+}
+
+// Thumbnails are square crops of the image's centre (object-fit: cover): boxes in image pixels
+// are shifted by the crop and scaled by its side.
+function thumbMarks(hit) {
+  const words = (hit.why && hit.why.words) || [];
+  if (!words.length || !hit.width || !hit.height) return [];
+  const side = Math.min(hit.width, hit.height);
+  const dx = (hit.width - side) / 2;
+  const dy = (hit.height - side) / 2;
+  return words.map((w) => {
+    const [x0, y0, x1, y1] = w.box;
+    return mark(((x0 - dx) / side) * 100, ((y0 - dy) / side) * 100,
+      ((x1 - x0) / side) * 100, ((y1 - y0) / side) * 100, w.text);
+  });
+}
+
+// The large view shows the whole image: boxes are fractions of its width and height, laid over
+// the picture wherever the layout put it.
+function viewerMarks(hit) {
+  const layer = $("viewer-marks");
+  const words = (hit && hit.why && hit.why.words) || [];
+  layer.replaceChildren(...(hit && hit.width && hit.height ? words.map((w) => {
+    const [x0, y0, x1, y1] = w.box;
+    return mark((x0 / hit.width) * 100, (y0 / hit.height) * 100,
+      ((x1 - x0) / hit.width) * 100, ((y1 - y0) / hit.height) * 100, w.text);
+  }) : []));
+  placeViewerMarks();
+}
+
+function placeViewerMarks() {
+  const img = $("viewer-img");
+  Object.assign($("viewer-marks").style, {
+    left: `${img.offsetLeft}px`, top: `${img.offsetTop}px`,
+    width: `${img.offsetWidth}px`, height: `${img.offsetHeight}px`,
+  });
+}
+$("viewer-img").addEventListener("load", placeViewerMarks);
+if ("ResizeObserver" in window) new ResizeObserver(placeViewerMarks).observe($("viewer-img"));
+
 // --- the large view ------------------------------------------------------------------------------
 let viewerHit = null;
 let viewerOpener = null;
@@ -297,8 +365,10 @@ async function openViewer(hit, opener) {
   $("viewer-title").textContent = baseName(hit.rel_path);
   $("viewer-original").href = hit.file;
   const score = hit.score === null ? null : hit.score.toFixed(4);
-  fillMeta({ path: hit.rel_path, score, confidence: hit.confidence });
+  fillMeta({ path: hit.rel_path, score, confidence: hit.confidence,
+    matched: whyText(hit.why) });
   $("viewer").showModal();
+  viewerMarks(hit);
   $("more-like").focus();
   try {
     const meta = await api(hit.url);
@@ -307,6 +377,7 @@ async function openViewer(hit, opener) {
       path: meta.rel_path,
       score,
       confidence: hit.confidence,
+      matched: whyText(hit.why),
       size: meta.width ? `${meta.width} × ${meta.height}` : null,
       format: meta.format,
       taken: meta.taken_at,
@@ -511,7 +582,10 @@ function addressParams() {
   const edit = $("edit").value.trim();
   if (state.image) params.set("image", "upload"); // only a marker: the image stays in the tab
   else if (state.likeId !== null) params.set("like", state.likeId);
-  else if (state.text) params.set("q", state.text);
+  else if (state.text) {
+    params.set("q", state.text);
+    if ($("f-channels").value) params.set("channels", $("f-channels").value);
+  }
   if ((state.image || state.likeId !== null) && edit) {
     params.set("edit", edit);
     params.set("weight", $("weight").value);
@@ -546,7 +620,8 @@ async function restore() {
   $("f-until").value = params.get("until") || "";
   setSelect($("f-type"), params.get("type") || "");
   setSelect($("f-rerank"), params.get("rerank") || "");
-  if (["folder", "since", "until", "type", "rerank"].some((k) => params.get(k))) $("filters").open = true;
+  setSelect($("f-channels"), params.get("channels") || "");
+  if (["folder", "since", "until", "type", "rerank", "channels"].some((k) => params.get(k))) $("filters").open = true;
   const weight = Number(params.get("weight"));
   $("weight").value = params.has("weight") && weight >= 0 && weight <= 1 ? weight : 0.5;
   $("weight-out").textContent = Number($("weight").value).toFixed(2);
