@@ -548,6 +548,10 @@ def stats(library: LibraryOpt = None, json_out: JsonOpt = False) -> None:
     ran = (info.get("last_index") or {}).get("encoder")
     if ran:
         out.print(f"[bold]backend[/] {escape(describe(ran))} (the last index run)", highlight=False)
+    text = info.get("text")
+    if text:
+        out.print(f"[bold]text[/]    OCR {'on' if text['ocr'] else 'off'}: {text['read']} of "
+                  f"{text['contents']} contents read ({text['with_text']} with words)")
     for space in info["spaces"]:
         mark = "*" if space["active"] else " "
         out.print(f" {mark} space {space['id']}: {space['name']} ({space['identity'].get('dim', '?')}-d), "
