@@ -409,11 +409,12 @@ def search(
     chain = _check_rerank(rerank, show_boxes)
     from loupe.search.answers import face_chain, summary
 
-    chain = face_chain(chain, show_all=show_all, diverse=diverse)
+    # the answer stages judge vectors; words alone load no model
+    chain = (chain or []) if text_only else face_chain(chain, show_all=show_all, diverse=diverse)
     if text_only and vector_only:
         raise QueryError("--text-only and --vector-only switch off each other's channel: give one")
     channels = "text" if text_only else "vector" if vector_only else None
-    if text_only and (image is not None or like is not None or not words):
+    if text_only and (image is not None or likes or unlikes or not words):
         raise QueryError("--text-only searches words: give a text query, without --image or --like")
     if text_only and threshold is not None:
         raise QueryError("--threshold is a floor on vector similarity: --text-only has none")

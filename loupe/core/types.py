@@ -74,6 +74,8 @@ class Query:
     box: Box | None = None
     exclude_ids: frozenset[int] = frozenset()
     filters: Filters | None = None          # the first stage's, for rerankers that search again
+    text_matches: frozenset[int] = frozenset()  # ids whose text matched (loupe.search.text):
+                                                # evidence a cut-off keeps, like a verified match
 
 
 @dataclass

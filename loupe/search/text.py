@@ -12,6 +12,9 @@ vectors alone is asked for; the stages after it see one ranked list, as always.
   phrase must appear: then only text hits are kept. When the text channel finds nothing the
   vector ranking comes back unchanged, its scores (cosine similarities) included.
 
+The ids the text channel matched go on `query.text_matches`: the calibrated cut-off (an answer
+stage) keeps them whatever their vector similarity, as it keeps a spatially verified match.
+
 Scores: "text" gives BM25 (higher is better), "hybrid" with text hits the fused RRF score; a
 score floor (`threshold`) applies to the vector channel's similarities before fusion, so it never
 drops a text hit.
@@ -41,6 +44,8 @@ def first_stage(query: Query, store: Any, n: int, channels: str,
         raise QueryError("the text channel needs a text query")
     hits = search_text(query.text, n, query.filters, exclude=query.exclude_ids,
                        searchable=channels == "hybrid")
+    # A text match is evidence the stages after this one respect (the cut-off keeps it).
+    query.text_matches = frozenset(int(h[0]) for h in hits)
     if channels == "text":
         return Candidates(np.array([h[0] for h in hits], np.int64),
                           np.array([h[1] for h in hits], np.float32))

@@ -293,7 +293,9 @@ def _page(lib: Library, p: SearchParams, **query: Any) -> dict[str, Any]:
     from loupe.server.answers import with_member_urls
 
     started = time.perf_counter()
-    chain = face_chain(p.rerank, show_all=p.all, diverse=p.diverse)
+    # The answer stages judge vectors; a words-only search loads no model.
+    chain = p.rerank or [] if p.channels == "text" else face_chain(p.rerank, show_all=p.all,
+                                                                   diverse=p.diverse)
     # One extra result says whether another page exists.
     hits = lib.search(**query, k=p.offset + p.k + 1, filters=p.filters, rerank=chain,
                       liked=p.liked, unliked=p.unliked, channels=p.channels)

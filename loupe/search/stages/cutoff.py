@@ -86,6 +86,8 @@ class Cutoff(Reranker):
         z = self.calibrate(query, candidates, store)
         keep = z >= self.threshold
         keep |= verified(candidates, self.inliers)
+        if query.text_matches:   # the words matched (full-text channel): evidence of its own
+            keep |= np.isin(candidates.ids, np.fromiter(query.text_matches, np.int64))
         if self.keep:
             keep[:] = True
         rows = np.flatnonzero(keep)
