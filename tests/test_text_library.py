@@ -262,6 +262,10 @@ def test_hybrid_puts_text_hits_first_then_the_vector_ranking(indexed):
     assert paths(plain) == paths(lib.search("a red square", k=7, channels="vector"))
     np.testing.assert_allclose([h.score for h in plain],
                                [h.score for h in lib.search("a red square", k=7, channels="vector")])
+    # a cut-off that no vector clears still keeps what the words matched
+    strict = lib.search("pizza", k=7, rerank="cutoff:threshold=50")
+    assert paths(strict) == ["trips/dinner.png"]
+    assert lib.search("a red square", k=7, rerank="cutoff:threshold=50") == []
     # a quoted phrase must appear: only text hits, and the words must follow each other
     assert paths(lib.search('"north gate"', k=7)) == ["trips/entrance.png"]
     assert lib.search('"gate north"', k=7) == []
@@ -310,6 +314,9 @@ def test_cli_index_ocr_and_search_channels(tmp_path, font):
     out = cli("search", "pizza", "--text-only", "--format", "json", cwd=root)
     (hit,) = json.loads(out.stdout)["results"]
     assert hit["rel_path"] == "trips/dinner.png" and hit["why"]["words"][0]["text"] == "pizza"
+    out = cli("search", "pizza", "--format", "json", cwd=root)   # hybrid, answer stages on
+    first = json.loads(out.stdout)["results"][0]
+    assert first["rel_path"] == "trips/dinner.png" and first["why"]["terms"] == ["pizza"]
     out = cli("search", '"north gate"', "--format", "tsv", cwd=root)
     assert out.exit_code == 0 and out.stdout.count("\n") == 2 and "trips/entrance.png" in out.stdout
     out = cli("search", "pizza", "--vector-only", "--format", "json", "-k", "7", cwd=root)
