@@ -103,7 +103,7 @@ def test_matched_words_are_outlined_on_the_thumbnail_and_the_large_view(browser,
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     pg.screenshot(path=str(SCREENSHOTS / "text-matches.png"))
 
-    card.locator("button").click()
+    card.locator("button.hit").click()
     expect(pg.locator("#viewer")).to_be_visible()
     pg.wait_for_function("() => document.getElementById('viewer-img').naturalWidth > 0")
     marks = pg.locator("#viewer-marks .mark")
