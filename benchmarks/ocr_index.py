@@ -66,7 +66,8 @@ def main() -> None:
         for folder in [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
                        and p != moved_to]:
             shutil.move(str(folder), str(moved_to / folder.name))
-        moved, wall3, cpu3 = timed(lib.index)
+        # every path changed: the guard against unmounted drives asks for prune
+        moved, wall3, cpu3 = timed(lib.index, IndexOptions(prune=True))
 
         drawn = [(w.text, s.name) for s in samples for w in s.words]
         found = 0
