@@ -2,12 +2,15 @@
 
 Data: clustered unit vectors (a mixture of Gaussians in a 16-d subspace of 64-d, a shared offset
 direction, small isotropic noise); queries come from the same distribution, not from the set.
+10,000 vectors: the smallest set where a 0.1% filter still leaves k = 10 ids. The same checks on
+a 100k x 128 set are marked slow (`pytest -m slow`).
 """
 
 from __future__ import annotations
 
 import os
 
+import faiss
 import numpy as np
 import pytest
 
@@ -26,7 +29,7 @@ from loupe.index import (
 from loupe.index import base as index_base
 
 DIM = 64
-N = 20_000
+N = 10_000
 K = 10
 IDS = np.arange(N, dtype=np.int64) * 7 + 3     # ids are not positions
 IVF = f"IVF{ivf_nlist(N)},PQ16x4fs,Refine"
@@ -69,6 +72,16 @@ def assert_same_topk(ids, scores, ref_ids, ref_scores):
     for r, c in zip(*np.nonzero(differ), strict=True):
         tied = np.abs(ref_scores[r] - ref_scores[r, c]) <= 1e-6
         assert ids[r, c] in ref_ids[r][tied], (r, c, ids[r], ref_ids[r])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_faiss_thread():
+    """FAISS's OpenMP threads wait on each other at every barrier: on a busy shared machine its
+    k-means took 35 s of wall time for 6 s of CPU. These tests check results, not speed."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -403,3 +416,115 @@ def test_kinds_and_bad_input():
         index.add(IDS[:2], X[:2, :10])
     with pytest.raises(ValueError):
         index.add(IDS[:3], X[:2])
+
+
+# -- filtered exact search on SQ8 codes, rows read with pread -------------------------------------
+
+
+def _spy_rows(index, monkeypatch) -> list[int]:
+    """Record how many full-precision rows each read takes."""
+    reads: list[int] = []
+    take = index._rows.take
+
+    def spy(pos):
+        reads.append(len(pos))
+        return take(pos)
+
+    monkeypatch.setattr(index._rows, "take", spy)
+    return reads
+
+
+def test_sq8_filtered_search_is_exact_and_reads_only_a_short_list(built, monkeypatch):
+    index = built["HNSW32,SQ8,Refine"]
+    reads = _spy_rows(index, monkeypatch)
+    allowed = IDS[::2]                                        # 5000 allowed rows
+    assert len(allowed) <= index.filter_exact_max()           # the planner scores them exactly
+    got, scores = index.search(Q, K, allowed=allowed)
+    pos = (allowed - 3) // 7
+    assert_same_topk(got, scores, *numpy_topk(Q, X[pos], allowed))
+    assert len(reads) >= len(Q) and max(reads) < len(allowed) // 10   # codes first, few rows
+
+
+def test_sq8_short_list_grows_until_nothing_left_out_can_win(monkeypatch):
+    # 400 near-copies of one vector: their code scores all lie within the error bound of each
+    # other, so the first short list (64) cannot prove itself and must grow.
+    base = clustered(3000, seed=21)
+    x = base.copy()
+    x[:400] = base[0] + 0.002 * np.random.default_rng(3).normal(size=(400, DIM))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = np.arange(3000, dtype=np.int64) * 3
+    index = build("HNSW32,SQ8,Refine", DIM, ids, x)
+    reads = _spy_rows(index, monkeypatch)
+    q = base[:1] + 0.01 * np.random.default_rng(4).normal(size=(1, DIM)).astype(np.float32)
+    got, scores = index.search(q, K, allowed=ids[::1])
+    assert_same_topk(got, scores, *numpy_topk(q, x, ids))
+    assert len(reads) > 1 and reads[-1] > 64                  # the short list grew
+
+
+def test_sq8_error_bounds_are_saved_or_measured_again(built, tmp_path):
+    index = built["HNSW32,SQ8,Refine"]
+    resid = index._residuals()
+    decoded = index.faiss_index.storage.sa_decode(index.faiss_index.storage.sa_encode(X))
+    np.testing.assert_allclose(resid, np.linalg.norm(X - decoded, axis=1), rtol=1e-4, atol=1e-6)
+    assert (resid >= np.linalg.norm(X - decoded, axis=1) - 1e-6).all()
+    index.save(tmp_path / "ix")
+    gen = index_base.current_generation(tmp_path / "ix")
+    np.testing.assert_array_equal(load(tmp_path / "ix")._resid, resid)
+    (gen / "sq_residuals.npy").unlink()                       # a save from before they existed
+    again = load(tmp_path / "ix")
+    assert again._resid is None
+    allowed = IDS[1::3]
+    got, scores = again.search(Q, K, allowed=allowed)
+    np.testing.assert_array_equal(again._resid, resid)
+    assert_same_topk(got, scores, *numpy_topk(Q, X[(allowed - 3) // 7], allowed))
+
+
+def test_loaded_rows_are_read_with_pread_or_released(built, tmp_path, monkeypatch):
+    built["Exact"].save(tmp_path / "ix")
+    index = load(tmp_path / "ix", mmap=True)
+    rows = index._rows
+    assert rows._fd is not None
+    np.testing.assert_array_equal(index.vectors(IDS[[9, 2, 7]]), X[[9, 2, 7]])   # pread
+    monkeypatch.setattr(index_base, "PREAD_MAX_ROWS", 0)          # every read through the map,
+    monkeypatch.setattr(index_base, "ROWS_MAPPED_MAX", 0)         # its pages dropped after it
+    np.testing.assert_array_equal(index.vectors(IDS[[9, 2, 7]]), X[[9, 2, 7]])
+    assert_same_topk(*index.search(Q, K), *numpy_topk(Q, X, IDS))
+    index.add(np.array([1]), X[:1])                               # base + in-RAM tail
+    np.testing.assert_array_equal(index.vectors(np.array([1, IDS[4]])), X[[0, 4]])
+
+
+def test_sparse_and_dense_ids_find_the_same_rows():
+    dense = build("Exact", DIM, np.arange(2000, dtype=np.int64), X[:2000])
+    sparse = build("Exact", DIM, np.arange(2000, dtype=np.int64) * 10**9, X[:2000])
+    assert dense._table() is not None and sparse._table() is None
+    pick = np.sort(np.random.default_rng(5).choice(2000, 300, replace=False))
+    for index, ids in ((dense, pick), (sparse, pick * 10**9)):
+        asked = np.concatenate([ids, [-1, 2001 * 10**9, 5000]])    # unknown ids are ignored
+        got, scores = index.search(Q, K, allowed=asked)
+        assert_same_topk(got // (10**9 if index is sparse else 1), scores,
+                         *numpy_topk(Q, X[pick], pick))
+    dense.remove(pick[:10])
+    assert not np.isin(dense.search(Q, K, allowed=pick)[0], pick[:10]).any()
+
+
+# -- the same checks at a larger scale -----------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", ["HNSW32,SQ8,Refine", "IVF"])
+def test_filtered_and_recall_at_100k(spec):
+    n, dim = 100_000, 128
+    x, q, ids = clustered(n, seed=31, dim=dim), clustered(40, seed=32, dim=dim), np.arange(n) * 3
+    spec = f"IVF{ivf_nlist(n)},PQ32x4fs,Refine" if spec == "IVF" else spec
+    index = build(spec, dim, ids, x)
+    assert recall(index.search(q, K)[0], numpy_topk(q, x, ids)[0]) >= 0.95
+    assert measure_recall(index, sample=300) >= 0.95
+    for selectivity in (0.001, 0.01, 0.1, 0.5):
+        allowed = np.sort(np.random.default_rng(7).choice(ids, int(n * selectivity), replace=False))
+        got, scores = index.search(q, K, allowed=allowed)
+        ref = numpy_topk(q, x[allowed // 3], allowed)
+        assert (got >= 0).all() and np.isin(got, allowed).all()
+        if len(allowed) <= index.filter_exact_max():
+            assert_same_topk(got, scores, *ref)
+        else:
+            assert recall(got, ref[0]) >= 0.95

@@ -35,6 +35,12 @@ COMPACT_SHARE = 0.2
 # and they cross between 10k and 30k allowed rows.
 FILTER_EXACT_MAX_ROWS = 20_000
 
+# Memory-mapped full-precision rows: up to PREAD_MAX_ROWS rows are read with pread (nothing stays
+# mapped; ~2 us a row), more through the map; a map larger than ROWS_MAPPED_MAX has its pages
+# dropped from the process after such a read.
+PREAD_MAX_ROWS = 1024
+ROWS_MAPPED_MAX = 64 * 2**20
+
 # Exact scoring works on QUERY_CHUNK queries x ROW_BLOCK rows at a time (64 MiB of scores).
 QUERY_CHUNK = 256
 ROW_BLOCK = 65536
@@ -143,13 +149,32 @@ def merge_topk(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray
 
 class _Rows:
     """Full-precision vectors by position: a base block (possibly memory-mapped, never written)
-    and a growable in-RAM tail for rows added after it."""
+    and a growable in-RAM tail for rows added after it.
+
+    A memory-mapped base is read two ways, to keep a serving process small (measured at 1M x 512
+    in benchmarks/ann.py and benchmarks/search.py, see README "Memory"): a few rows (re-scoring a
+    short list, a stage asking for vectors) are read with pread, which leaves nothing mapped in
+    the process; a large gather or scan goes through the map, and when the map is larger than
+    ROWS_MAPPED_MAX its pages are dropped from the process afterwards (they stay in the page
+    cache, so the next read is a minor fault, not a disk read).
+    """
 
     def __init__(self, dim: int, base: np.ndarray | None = None):
         self.dim = dim
         self.base = base if base is not None else np.zeros((0, dim), np.float32)
         self._tail = np.zeros((0, dim), np.float32)
         self._n_tail = 0
+        self._fd: int | None = None
+        self._offset = 0
+        if isinstance(base, np.memmap) and base.filename and base.dtype == np.float32 \
+                and base.flags.c_contiguous:
+            self._fd = os.open(base.filename, os.O_RDONLY)
+            self._offset = int(base.offset)
+
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def __len__(self) -> int:
         return len(self.base) + self._n_tail
@@ -171,18 +196,49 @@ class _Rows:
         pos = np.asarray(pos, np.int64)
         nb = len(self.base)
         if self._n_tail == 0 or (len(pos) and pos.max() < nb):
-            return np.asarray(self.base[pos], np.float32)
+            return self._take_base(pos)
         out = np.empty((len(pos), self.dim), np.float32)
         in_base = pos < nb
-        out[in_base] = self.base[pos[in_base]]
+        out[in_base] = self._take_base(pos[in_base])
         out[~in_base] = self._tail[pos[~in_base] - nb]
         return out
+
+    def _take_base(self, pos: np.ndarray) -> np.ndarray:
+        if self._fd is not None and len(pos) <= PREAD_MAX_ROWS:
+            return self._pread(pos)
+        out = np.asarray(self.base[pos], np.float32)
+        self.release()
+        return out
+
+    def _pread(self, pos: np.ndarray) -> np.ndarray:
+        out = np.empty((len(pos), self.dim), np.float32)
+        if out.size == 0:
+            return out
+        view = memoryview(out).cast("B")
+        size = self.dim * 4
+        for i, p in enumerate(pos.tolist()):
+            got = os.preadv(self._fd, [view[i * size: (i + 1) * size]], self._offset + p * size)
+            if got != size:
+                raise OSError(f"short read of row {p} from {self.base.filename}")
+        return out
+
+    def release(self) -> None:
+        """Drop the mapped pages of a large base from this process (see the class docstring)."""
+        if self._fd is None or self.base.nbytes <= ROWS_MAPPED_MAX:
+            return
+        raw = getattr(self.base, "_mmap", None)
+        if raw is not None and hasattr(mmap, "MADV_DONTNEED"):
+            try:
+                raw.madvise(mmap.MADV_DONTNEED)
+            except (OSError, ValueError):
+                pass
 
     def blocks(self, size: int = 65536):
         """(start position, rows) over all rows in order."""
         nb = len(self.base)
         for s in range(0, nb, size):
             yield s, np.asarray(self.base[s: s + size], np.float32)
+        self.release()
         for s in range(0, self._n_tail, size):
             yield nb + s, self._tail[s: min(s + size, self._n_tail)]
 
@@ -233,6 +289,7 @@ class IndexBase:
         self._live_pos = np.zeros(0, np.int64)    # their positions
         self._rows = _Rows(self.dim)
         self._alive_bits: np.ndarray | None = None  # packed little-endian bitmap of _alive
+        self._pos_table: np.ndarray | None = None   # dense id -> position, see _table()
         self.recall_at_10: float | None = None
         self.rebuilds = 0                         # how many times the ANN structure was rebuilt
         self._folder: Path | None = None          # the generation last saved or loaded
@@ -272,7 +329,7 @@ class IndexBase:
         all_pos = np.concatenate([self._live_pos, new_pos])
         order = np.argsort(all_ids, kind="stable")
         self._live_ids, self._live_pos = all_ids[order], all_pos[order]
-        self._alive_bits = None
+        self._alive_bits = self._pos_table = None
         self._ann_add(rows, start)
         self._maybe_compact()
 
@@ -340,10 +397,14 @@ class IndexBase:
                 bits = self._bits(excl_pos)
             res = self._ann_search(q, k, bits, avail / max(len(self._alive), 1))
             return self._fill(q, k, res, avail, lambda: self._mask(excl_pos))
-        pos = self._find(as_ids(allowed))[1]
+        allowed = as_ids(allowed)
+        pos = self._find(allowed)[1]
         if len(excl_pos):
             pos = pos[~np.isin(pos, excl_pos)]
-        pos = np.unique(pos)
+        # Distinct, ascending positions (ascending: the rows are read in file order). Ids from
+        # SQL come sorted and distinct, so a sort suffices; otherwise deduplicate.
+        distinct = len(allowed) < 2 or bool(np.all(allowed[1:] > allowed[:-1]))
+        pos = np.sort(pos) if distinct else np.unique(pos)
         avail = len(pos)
         if avail == 0:
             return topk(np.zeros((n, 0), np.float32), np.zeros(0, np.int64), k)
@@ -440,10 +501,32 @@ class IndexBase:
         """(found mask over ids, positions of the found ones) for live ids."""
         if len(self._live_ids) == 0 or len(ids) == 0:
             return np.zeros(len(ids), bool), np.zeros(0, np.int64)
+        table = self._table()
+        if table is not None and len(ids) > 64:
+            inside = (ids >= 0) & (ids < len(table))
+            pos = np.full(len(ids), -1, np.int64)
+            pos[inside] = table[ids[inside]]
+            found = pos >= 0
+            return found, pos[found]
         at = np.searchsorted(self._live_ids, ids)
         at = np.minimum(at, len(self._live_ids) - 1)
         found = self._live_ids[at] == ids
         return found, self._live_pos[at[found]]
+
+    def _table(self) -> np.ndarray | None:
+        """id -> position (-1: none) as a dense array, when ids are dense enough to afford one.
+
+        Filtered searches map thousands of allowed ids to positions per query; a binary search
+        of 10k ids in 1M costs ~3 ms, this lookup ~0.1 ms. 4 bytes per id up to the largest."""
+        if self._pos_table is None:
+            top = int(self._live_ids[-1]) + 1 if len(self._live_ids) else 0
+            if self._live_ids[0] < 0 or top > 4 * len(self._live_ids) + 65536 \
+                    or len(self._alive) >= 2**31:
+                return None
+            table = np.full(top, -1, np.int32)
+            table[self._live_ids] = self._live_pos
+            self._pos_table = table
+        return self._pos_table
 
     def _kill(self, pos: np.ndarray) -> None:
         if len(pos) == 0:
@@ -451,7 +534,7 @@ class IndexBase:
         self._alive[pos] = False
         keep = self._alive[self._live_pos]
         self._live_ids, self._live_pos = self._live_ids[keep], self._live_pos[keep]
-        self._alive_bits = None
+        self._alive_bits = self._pos_table = None
 
     def _maybe_compact(self) -> None:
         total = len(self._alive)
@@ -466,7 +549,7 @@ class IndexBase:
         self._pos_ids = self._live_ids.copy()
         self._alive = np.ones(len(self._pos_ids), bool)
         self._live_pos = np.arange(len(self._pos_ids), dtype=np.int64)
-        self._alive_bits = None
+        self._alive_bits = self._pos_table = None
         self._ann_rebuild()
         self.rebuilds += 1
 
@@ -543,6 +626,7 @@ class IndexBase:
         order = np.argsort(self._pos_ids[self._live_pos], kind="stable")
         self._live_pos = self._live_pos[order]
         self._live_ids = self._pos_ids[self._live_pos]
+        self._alive_bits = self._pos_table = None
         self.recall_at_10 = meta.get("recall_at_10")
         self.rebuilds = int(meta.get("rebuilds", 0))
         self._folder = gen

@@ -22,6 +22,9 @@ EXACT_TARGET_MS = 2.0
 EXACT_MAX_SCAN = int(EXACT_TARGET_MS * 1e6 / EXACT_NS_PER_ELEMENT)
 
 HNSW_M = 32
+# Per vector, whatever the kind: ids by position and sorted (8 + 8 + 8), the live mask (1), the
+# dense id -> position table (4) and, on SQ8 kinds, the code error bound (4).
+BOOKKEEPING_BYTES_PER_VECTOR = 33
 
 
 def build(spec: str, dim: int, ids=None, vectors=None, **options) -> VectorIndex:
@@ -64,12 +67,12 @@ def load(folder: Path, mmap: bool = True) -> VectorIndex:
 def hnsw_bytes_per_vector(dim: int, sq8: bool, m: int = HNSW_M) -> float:
     """RAM per vector of HNSW: storage + level-0 links (2M) + upper levels (~1/M of nodes)."""
     storage = dim if sq8 else 4 * dim
-    return storage + 4 * 2 * m * (1 + 1 / m) + 12
+    return storage + 4 * 2 * m * (1 + 1 / m) + 12 + BOOKKEEPING_BYTES_PER_VECTOR
 
 
 def ivfpq_bytes_per_vector(dim: int) -> float:
     """RAM per vector of IVF-PQ (dim/4 sub-quantizers x 4 bits) + its id in the lists."""
-    return dim / 8 + 8
+    return dim / 8 + 8 + BOOKKEEPING_BYTES_PER_VECTOR
 
 
 def ivf_nlist(n: int) -> int:
@@ -86,7 +89,10 @@ def choose_spec(n: int, dim: int, memory_budget_bytes: int | None = None) -> str
     - Above: HNSW32 over SQ8 codes with full-precision re-scoring when its graph + codes fit the
       budget (no budget: always), else IVF-PQ (dim/4 x 4-bit fast-scan codes) with
       re-scoring, whose RAM is ~dim/8 + 8 bytes per vector.
-    The full-precision rows are memory-mapped and not counted in the budget.
+    The full-precision rows stay on disk and are not counted in the budget: a serving process
+    reads the few it re-scores with pread, and filtered searches score the SQ8 codes that HNSW
+    holds anyway (see FaissIndex._exact_pos), so they are never mapped into it. At 1M x 512 the
+    chosen HNSW32,SQ8 holds ~0.8 GB: it fits the default 1 GiB budget (README "Memory").
     Raises ValueError when even IVF-PQ does not fit.
     """
     if n * dim <= EXACT_MAX_SCAN:

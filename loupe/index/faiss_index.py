@@ -29,6 +29,23 @@ K_FACTOR = {"hnsw": 2, "ivf": 20, "faiss": 4}
 # same number of hits, so efSearch is divided by s (capped); IVF probes nprobe / sqrt(s) lists.
 EF_SEARCH_MAX = 4096
 
+# Filtered exact search on SQ8 kinds (see FaissIndex._exact_pos): allowed rows are scored on their
+# 8-bit codes (a quarter of the bytes of the full-precision rows, and already in RAM as the HNSW
+# storage), the best SQ_SHORTLIST (or 4k) are re-scored exactly, and the short list grows until
+# no row left out can reach the k-th exact score. Below SQ_MIN_ROWS allowed rows the rows are
+# scored directly. SQ_CHUNK codes are decoded at a time (2 MiB of float32 at 512-d).
+SQ_SHORTLIST = 64
+# The planner's threshold on SQ8 kinds (FILTER_EXACT_MAX_ROWS in base.py is for kinds that score
+# full-precision rows). benchmarks/filtered.py, 1M x 512, single-threaded, load average ~10:
+#   allowed   1k: 1.5 ms (CPU 1.4)   10k: 24 ms (CPU 7.4)   100k: 182 ms (CPU 44)
+# with 64 full-precision rows read per query; the ANN with a selector took 119-237 ms over the
+# same range (benchmarks/ann.py "planner", HNSW32,SQ8,Refine at 1M, load ~10) and is not exact.
+FILTER_EXACT_MAX_ROWS_SQ8 = 100_000
+SQ_MIN_ROWS = 512
+SQ_CHUNK = 1024
+# Slack added to the error bound for float32 rounding in both scores (|score| <= |q|).
+SQ_ROUNDING = 1e-4
+
 
 def parse_spec(spec: str) -> tuple[str, str, bool]:
     """(kind, faiss factory string, refine?) for a spec string."""
@@ -61,6 +78,9 @@ class FaissIndex(IndexBase):
         self.build_threads = build_threads
         self._index = self._new()
         self._mapped_from: Path | None = None   # set while the FAISS index is memory-mapped
+        # SQ8 kinds: |row - decoded code| per position, the error bound of scoring a row on its
+        # code (None: not an SQ8 kind, or not measured yet, e.g. an older save).
+        self._resid: np.ndarray | None = None
 
     def params(self) -> dict:
         out: dict = {}
@@ -114,10 +134,15 @@ class FaissIndex(IndexBase):
             pick = np.sort(rng.choice(total, n_train, replace=False))
             self._threads(lambda: self._index.train(self._rows.take(pick)))
         start = self._index.ntotal
+        sq = _sq_storage(self._index)
+        if sq is not None and start == 0:
+            self._resid = np.zeros(0, np.float32)
         for s in range(start, total, 65536):
             pos = np.arange(s, min(s + 65536, total))
             block = np.ascontiguousarray(self._rows.take(pos))
             self._threads(lambda b=block: self._index.add(b))
+            if sq is not None and self._resid is not None:
+                self._resid = np.concatenate([self._resid, _residuals(self._index, block, s)])
 
     def _threads(self, fn):
         if self.build_threads is None:
@@ -130,6 +155,7 @@ class FaissIndex(IndexBase):
             faiss.omp_set_num_threads(old)
 
     def _ann_rebuild(self) -> None:
+        self._resid = None
         if self.kind == "ivf" and self._index.is_trained:
             self._writable()
             self._index.reset()       # keeps the trained coarse quantizer and PQ
@@ -187,6 +213,65 @@ class FaissIndex(IndexBase):
             out_ids[s: s + step], out_sc[s: s + step] = topk(sc, ids, k)
         return out_ids, out_sc
 
+    # -- filtered exact search on SQ8 codes -------------------------------------------------------
+
+    def _exact_pos(self, q: np.ndarray, k: int, pos: np.ndarray):
+        """Exact top-k over the given positions; equal to scoring every row at full precision.
+
+        On SQ8 kinds the rows are first scored on their codes: a row's true score is at most
+        its code score + |q| * |row - decoded code| (Cauchy-Schwarz), its upper bound. The rows
+        with the highest upper bounds are re-scored exactly, and that short list grows until
+        every upper bound left out is below the k-th exact score: no row left out can then
+        enter the top-k (ties included). Full-precision rows are read for the short list only.
+        At 1M x 512, 10k allowed rows: see FILTER_EXACT_MAX_ROWS.
+        """
+        sq = _sq8(self._index) if len(pos) >= SQ_MIN_ROWS else None
+        if sq is None or self._index.ntotal < len(self._alive) or self._residuals() is None:
+            return super()._exact_pos(q, k, pos)
+        codes, vmin, vdiff = sq
+        out = [self._exact_pos_sq(q[i], k, pos, codes, vmin, vdiff) for i in range(len(q))]
+        return np.stack([o[0] for o in out]), np.stack([o[1] for o in out])
+
+    def _exact_pos_sq(self, q: np.ndarray, k: int, pos: np.ndarray, codes: np.ndarray,
+                      vmin: np.ndarray, vdiff: np.ndarray):
+        # code score = q . (vmin + (c + 0.5) * vdiff / 255) = c . w + const
+        w = (q * vdiff / 255.0).astype(np.float32)
+        const = np.float32(q @ vmin + 0.5 * w.sum())
+        approx = np.empty(len(pos), np.float32)
+        for s in range(0, len(pos), SQ_CHUNK):
+            block = codes[pos[s: s + SQ_CHUNK]]
+            approx[s: s + len(block)] = block.astype(np.float32) @ w
+        norm = float(np.linalg.norm(q))
+        upper = approx + (norm * self._resid[pos] + (const + SQ_ROUNDING * max(1.0, norm)))
+        m = len(pos)
+        kk = min(m, max(SQ_SHORTLIST, 4 * k))
+        while True:
+            short = np.argpartition(-upper, kk - 1)[:kk] if kk < m else np.arange(m)
+            cand = pos[short]
+            exact = (self._rows.take(cand) @ q).astype(np.float32)
+            if kk == m:
+                break
+            kth = np.partition(exact, len(exact) - k)[len(exact) - k]
+            if upper[short].min() < kth:
+                break
+            kk = min(m, kk * 4)
+        ids, scores = topk(exact[None, :], self._pos_ids[cand], k)
+        return ids[0], scores[0]
+
+    def filter_exact_max(self) -> int:
+        if _sq_storage(self._index) is not None:
+            return int(FILTER_EXACT_MAX_ROWS_SQ8 * 512 / self.dim)
+        return super().filter_exact_max()
+
+    def _residuals(self) -> np.ndarray | None:
+        """The per-position quantisation errors; measured now when a save did not hold them."""
+        if self._resid is None and _sq8(self._index) is not None \
+                and self._index.ntotal == len(self._rows):
+            self._resid = np.concatenate(
+                [_residuals(self._index, np.ascontiguousarray(rows), start)
+                 for start, rows in self._rows.blocks()])
+        return self._resid
+
     # -- size and persistence ------------------------------------------------------------------
 
     def _ann_ram_bytes(self) -> int:
@@ -197,6 +282,8 @@ class FaissIndex(IndexBase):
     def _write_ann(self, folder: Path) -> None:
         self._sync()
         faiss.write_index(self._index, str(folder / "index.faiss"))
+        if self._resid is not None:
+            np.save(folder / "sq_residuals.npy", self._resid)
 
     def _restore_ann(self, gen: Path, mmap: bool) -> None:
         path = gen / "index.faiss"
@@ -207,6 +294,47 @@ class FaissIndex(IndexBase):
         else:
             self._index = faiss.read_index(str(path))
             self._mapped_from = None
+        resid = gen / "sq_residuals.npy"
+        self._resid = np.load(resid) if resid.exists() else None
+
+
+def _sq_storage(index):
+    """The IndexScalarQuantizer holding an index's codes when they are 8-bit with per-dimension
+    ranges (SQ8, HNSW..,SQ8), else None."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexHNSW):
+        index = faiss.downcast_index(index.storage)
+    if isinstance(index, faiss.IndexScalarQuantizer) \
+            and index.sq.qtype == faiss.ScalarQuantizer.QT_8bit:
+        return index
+    return None
+
+
+def _sq8(index) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(codes [ntotal, d] uint8 view, vmin, vdiff) of an SQ8 kind with codes, else None. The
+    view is only valid until the index changes: take it anew for each search."""
+    index = _sq_storage(index)
+    if index is None or not index.is_trained or index.ntotal == 0:
+        return None
+    d = index.d
+    trained = faiss.vector_to_array(index.sq.trained)
+    if len(trained) != 2 * d:
+        return None
+    codes = faiss.rev_swig_ptr(index.codes.data(), index.ntotal * d).reshape(index.ntotal, d)
+    return codes, trained[:d].astype(np.float32), trained[d:].astype(np.float32)
+
+
+def _residuals(index, rows: np.ndarray, start: int) -> np.ndarray:
+    """|row - decoded code| of rows stored at positions start.. (decoded as _exact_pos_sq scores
+    them), rounded up so that float32 storage never makes the bound smaller."""
+    codes, vmin, vdiff = _sq8(index)
+    out = np.empty(len(rows), np.float32)
+    for s in range(0, len(rows), 8192):
+        c = codes[start + s: start + s + 8192]
+        decoded = vmin + (c.astype(np.float32) + 0.5) * (vdiff / 255.0)
+        r = np.linalg.norm((rows[s: s + len(c)] - decoded).astype(np.float64), axis=1)
+        out[s: s + len(c)] = np.nextafter(r.astype(np.float32), np.float32(np.inf))
+    return out
 
 
 def faiss_bytes(index) -> int:

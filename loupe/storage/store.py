@@ -32,7 +32,9 @@ class CatalogStore:
     def search_vector(self, vec: np.ndarray, k: int, filters: Filters | None = None,
                       exclude: Iterable[int] = ()) -> Candidates:
         """Top-k by inner product; filters travel into the index as the allowed ids."""
-        allowed = self.catalog.filter_ids(filters) if filters and not filters.is_empty() else None
+        # The index holds searchable images only: no status check needed in SQL.
+        allowed = (self.catalog.filter_ids(filters, searchable=False)
+                   if filters and not filters.is_empty() else None)
         ids, scores = self.space_vectors.search(vec, k, allowed=allowed, exclude=list(exclude))
         return Candidates(ids, scores)
 
