@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from loupe.core.errors import ModelError
 from loupe.core.types import Candidates, Query
 from loupe.search.stages import itm as itm_module
 from loupe.search.stages import vlm as vlm_module
@@ -279,6 +280,35 @@ def test_missing_transformers_names_the_extra(monkeypatch: pytest.MonkeyPatch, t
         ITM(model="not/loaded-yet").rerank(query, head(1), store)
     with pytest.raises(MissingExtra, match=r"vlm reranker needs transformers"):
         VLM(model="not/loaded-yet").rerank(query, head(1), store)
+
+
+def test_weights_that_cannot_be_loaded_are_a_model_error_naming_them(tmp_path: Path) -> None:
+    # A folder without a checkpoint (transformers: ValueError) and a hub name that is not
+    # cached while the hub is out of reach (OSError) end the same way: one error naming the model.
+    empty = tmp_path / "not-a-checkpoint"
+    empty.mkdir()
+    store, _ = gallery(tmp_path / "g", 1, tmp_path / "cache")
+    query = Query(vector=np.ones(4, np.float32), text="a bird")
+    for stage in (ITM(model=str(empty)), VLM(model=str(empty))):
+        with pytest.raises(ModelError) as info:
+            stage.rerank(query, head(1), store)
+        message = str(info.value)
+        assert message.startswith(f"{stage.name}: cannot load the model {str(empty)!r}")
+        assert f"{stage.name}:model=DIR" in message and "save_pretrained" in message
+        assert isinstance(info.value.__cause__, OSError | ValueError)
+
+
+def test_learned_features_that_cannot_be_downloaded_are_a_model_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    kornia = pytest.importorskip("kornia")
+    from loupe.search.stages.learned_features import DiskLightGlue
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Failed to load weights from all 2 source(s)")   # what kornia raises
+
+    monkeypatch.setattr(kornia.feature.DISK, "from_pretrained", offline)
+    with pytest.raises(ModelError, match=r"^spatial-learned: cannot load the model .*DISK.*"
+                                         r"weights=DIR\) must hold disk.pth and disk_lightglue.pth"):
+        DiskLightGlue("", "cpu")
 
 
 # -- VLM ------------------------------------------------------------------------------------------

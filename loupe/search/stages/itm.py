@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from loupe.core.errors import ModelError
 from loupe.core.types import Candidates, Query
 from loupe.search.stages.base import Reranker, Store, check_positive
 
@@ -71,6 +72,18 @@ def require(stage: str, modules: Sequence[str], extra: str = EXTRA) -> None:
             f"the {stage} reranker needs {', '.join(gone)}: pip install 'loupe-search[{extra}]' "
             f"(or pip install {' '.join(gone)})"
         )
+
+
+def weights_unavailable(stage: str, source: str, exc: BaseException, local: str = "") -> ModelError:
+    """The error for a model that cannot be loaded (a hub name not cached while the hub is out
+    of reach, a folder without a checkpoint): names the stage and the model, gives the
+    library's own reason, and says how to supply it."""
+    detail = " ".join(str(exc).split())[:300]
+    local = local or f"a local folder ({stage}:model=DIR) must hold a checkpoint written by save_pretrained"
+    return ModelError(
+        f"{stage}: cannot load the model {source!r} ({type(exc).__name__}: {detail}). A hub name "
+        f"is downloaded once where the hub is reachable, then read from its cache; {local}."
+    )
 
 
 def available() -> bool:
@@ -399,7 +412,10 @@ def load_match_model(source: str, device: str = "auto", dtype: str = "float32") 
         import transformers
         from transformers import AutoConfig, AutoProcessor
 
-        kind = AutoConfig.from_pretrained(source).model_type
+        try:
+            kind = AutoConfig.from_pretrained(source).model_type
+        except (OSError, ValueError) as exc:   # read first: nothing is fetched before it
+            raise weights_unavailable("itm", source, exc) from exc
         classes = {"blip": "BlipForImageTextRetrieval", "blip-2": "Blip2ForImageTextRetrieval"}
         if kind not in classes:
             raise ValueError(

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from loupe.search.stages.itm import missing_modules, require
+from loupe.search.stages.itm import missing_modules, require, weights_unavailable
 
 if TYPE_CHECKING:
     import torch
@@ -81,8 +81,14 @@ class DiskLightGlue:
         self.device = resolve_device(device)
         conf = {"input_dim": 128}   # LightGlue's "disk" configuration
         if weights in ("", "pretrained"):
-            self.disk = DISK.from_pretrained("depth", device=self.device)
-            self.glue = LightGlue("disk")
+            try:
+                self.disk = DISK.from_pretrained("depth", device=self.device)
+                self.glue = LightGlue("disk")
+            except (OSError, RuntimeError) as exc:   # kornia wraps a failed download in RuntimeError
+                raise weights_unavailable(
+                    "spatial-learned", "kornia DISK 'depth' + LightGlue 'disk'", exc,
+                    f"a local folder (weights=DIR) must hold {DISK_FILE} and {LIGHTGLUE_FILE}",
+                ) from exc
         elif weights == "random":
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(_RANDOM_SEED)

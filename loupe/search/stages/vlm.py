@@ -44,6 +44,7 @@ from loupe.search.stages.itm import (
     require,
     rescored,
     torch_dtype,
+    weights_unavailable,
 )
 
 if TYPE_CHECKING:
@@ -179,8 +180,12 @@ def load_judge(source: str, device: str = "auto", dtype: str = "float32") -> Jud
 
             auto = getattr(transformers, "AutoModelForImageTextToText", None) or \
                 getattr(transformers, "AutoModelForVision2Seq")  # noqa: B009 - older releases
-            model = auto.from_pretrained(source, dtype=torch_dtype(dtype)).to(dev)
-            _LOADED[key] = Judge(model, AutoProcessor.from_pretrained(source))
+            try:
+                model = auto.from_pretrained(source, dtype=torch_dtype(dtype)).to(dev)
+                processor = AutoProcessor.from_pretrained(source)
+            except (OSError, ValueError) as exc:
+                raise weights_unavailable("vlm", source, exc) from exc
+            _LOADED[key] = Judge(model, processor)
         return _LOADED[key]
 
 
