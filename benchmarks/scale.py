@@ -445,6 +445,7 @@ def bench_index(args) -> list[dict]:
             else:
                 row = json.loads(proc.stdout.strip().splitlines()[-1])
             row["wall_s"] = round(time.perf_counter() - t, 1)
+            row["command"] = " ".join(["python benchmarks/scale.py", *sys.argv[1:]])
             row["machine_before"], row["machine_after"] = before, machine()
             rows.append(row)
             print(f"  {backend} n={n}: {json.dumps(row)[:400]}", flush=True)

@@ -154,7 +154,7 @@ def _open(library: Path | None, model: str | None, weights: Path | None, device:
                         create=create, backend=backend, precision=precision)
 
 
-def _index_with_progress(lib: Library, options: IndexOptions, quiet: bool) -> Any:
+def _index_with_progress(lib: Library, options: IndexOptions, quiet: bool, **runner: Any) -> Any:
     with _progress("indexing", quiet=quiet) as bar:
         task = bar.add_task("index", total=None)
         reading: list[Any] = []
@@ -167,7 +167,28 @@ def _index_with_progress(lib: Library, options: IndexOptions, quiet: bool) -> An
                 reading.append(bar.add_task("[bold]reading text", total=total))
             bar.update(reading[0], completed=done, total=total)
 
-        return lib.index(options, progress=progress, ocr_progress=ocr_progress)
+        return lib.index(options, progress=progress, ocr_progress=ocr_progress, **runner)
+
+
+def _ray_runner(ray: bool, address: str | None, actors: str | None, gpus: float | None
+               ) -> dict[str, Any]:
+    """`Library.index` keywords for the --ray options (empty without them)."""
+    if not (ray or address or actors or gpus is not None):
+        return {}
+    options: dict[str, Any] = {}
+    if actors is not None:
+        low, _, high = actors.partition("-")
+        try:
+            sizes = (int(low), int(high or low))
+        except ValueError:
+            raise typer.BadParameter(f"{actors!r}: give N or MIN-MAX", param_hint="--ray-actors") from None
+        if not 1 <= sizes[0] <= sizes[1]:
+            raise typer.BadParameter(f"{actors!r}: give N >= 1, or MIN-MAX with 1 <= MIN <= MAX",
+                                     param_hint="--ray-actors")
+        options["actors"] = sizes[0] if sizes[0] == sizes[1] else sizes
+    if gpus is not None:
+        options["num_gpus"] = gpus
+    return {"runner": "ray", "ray_address": address, "ray_options": options}
 
 
 @app.command()
@@ -197,7 +218,9 @@ def index(
         show_default=False, metavar="K")] = None,
     index_spec: Annotated[str | None, typer.Option(
         "--index", help="Search index kind, a FAISS-like spec: Exact, Flat, HNSW32, IVF1024,PQ64x4fs,Refine; "
-        "'auto' chooses by size (the default). Recorded in the library.", show_default=False,
+        "'auto' chooses by size (the default); or a Milvus collection, milvus:FILE.db or "
+        "milvus:http://HOST:19530, with ?index=HNSW&ef=64... (docs/scale.md). Recorded in the library.",
+        show_default=False,
         metavar="SPEC")] = None,
     local_features: Annotated[bool, typer.Option(
         "--local-features", help="Also extract local features now, for `--rerank spatial`.")] = False,
@@ -208,6 +231,19 @@ def index(
         "--ocr/--no-ocr", help="Read the text in images (OCR, about 1.7 CPU-s a photo) so that "
         "searches find their words; the library remembers the choice for later runs. Needs "
         "pip install 'loupe-search[ocr]'.", show_default=False)] = None,
+    ray: Annotated[bool, typer.Option(
+        "--ray", help="Read, decode and embed on Ray (a local instance, or --ray-address); the "
+        "plan and the commits stay here. Needs the [scale] extra; see docs/scale.md.")] = False,
+    ray_address: Annotated[str | None, typer.Option(
+        "--ray-address", help="The Ray cluster to join: 'auto' (on a node of it), HOST:6379 or "
+        "ray://HOST:10001. Implies --ray.", show_default=False, metavar="ADDRESS")] = None,
+    ray_actors: Annotated[str | None, typer.Option(
+        "--ray-actors", help="Embedding actors on Ray: N, or MIN-MAX to let Ray scale them "
+        "(default: one per GPU asked for, or half the cluster's CPUs).", show_default=False,
+        metavar="N|MIN-MAX")] = None,
+    ray_gpus: Annotated[float | None, typer.Option(
+        "--ray-gpus", min=0, help="GPUs per embedding actor on Ray (the actors then run on CUDA).",
+        show_default=False, metavar="G")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Index FOLDER: embed new and changed images, keep moved ones, forget deleted ones.
@@ -221,7 +257,11 @@ def index(
     loupe index ~/Pictures --exclude 'screenshots/**'
     loupe index ~/Pictures --model ViT-B-32 --weights ~/models/vit-b-32.safetensors
     loupe index ~/Pictures --ocr        (also read the text in images, now and later)
+    loupe index ~/Pictures --ray                                  # a local Ray instance
+    loupe index /mnt/photos --ray-address auto --ray-gpus 1       # on a node of a Ray cluster
+    loupe index ~/Pictures --index 'milvus:photos.milvus.db?index=HNSW'    # search on Milvus Lite
     """
+    runner = _ray_runner(ray, ray_address, ray_actors, ray_gpus)
     lib_path = (library or folder / LIBRARY_DIRNAME).expanduser().absolute()
     created = not (lib_path / CATALOG_FILENAME).exists()
     lib = _open(lib_path, model, weights, device, create=True, root=folder, backend=backend,
@@ -234,7 +274,7 @@ def index(
     try:
         if dba is not None:
             lib.set_dba(dba or None)
-        report = _index_with_progress(lib, options, quiet=json_out)
+        report = _index_with_progress(lib, options, quiet=json_out, **runner)
     except (LoupeError, OSError):
         # A library that never got a model (the download failed, a bad checkpoint) is not
         # left half-made: the next command starts clean.

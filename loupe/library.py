@@ -48,6 +48,20 @@ from loupe.storage.vectors import SpaceVectors
 WRITE_LOCK = "write.lock"
 
 
+def _executor(runner: str, model: str, weights: Path | None, ray_address: str | None,
+              ray_options: dict[str, Any] | None, backend: str) -> Any:
+    """The function that carries out an index plan (checked before anything changes)."""
+    if runner == "ray":
+        from loupe.ingest.ray_runner import executor
+
+        return executor(model, weights, ray_address, {"backend": backend, **(ray_options or {})})
+    if runner != "local":
+        raise LibraryError(f"unknown runner {runner!r} (local or ray)")
+    if ray_address is not None or ray_options:
+        raise LibraryError("ray_address and ray_options need runner='ray'")
+    return run_index
+
+
 def find_library(start: Path | None = None) -> Path | None:
     """The nearest `.loupe` folder at or above `start` (default: the current directory)."""
     here = Path(start or Path.cwd()).resolve()
@@ -184,15 +198,22 @@ class Library:
 
     # --- indexing ---------------------------------------------------------------------------
     def index(self, options: IndexOptions | None = None, progress: Progress | None = None,
-              ocr_progress: Progress | None = None) -> IndexReport:
+              ocr_progress: Progress | None = None, *, runner: str = "local",
+              ray_address: str | None = None,
+              ray_options: dict[str, Any] | None = None) -> IndexReport:
         """Bring the catalog up to date with the root folder: embed new and changed files,
         keep vectors of moved ones, drop deleted ones. Loads the model only when some
         content is new. One writer per library: a second one gets a clear error.
         With OCR on (`options.ocr`, else the library's recorded choice) a second pass then
         reads the text in every content not read yet (`loupe.ingest.ocr`; `ocr_progress`,
-        else `progress`, follows it)."""
+        else `progress`, follows it).
+
+        runner="ray": read, decode and embed on a Ray cluster (`ray_address`, default a local
+        instance; `ray_options`: see `loupe.ingest.ray_runner.executor`); the plan and the
+        commits stay here (docs/scale.md)."""
         options = options or IndexOptions()
         engine = self.ocr_engine(options.ocr)   # a missing engine is said before anything changes
+        execute = _executor(runner, self.model, self.weights, ray_address, ray_options, self.backend)
         with self.writing(), _disk_errors(self.path):
             if options.index_spec is not None:
                 self.set_index_spec(options.index_spec)
@@ -200,7 +221,7 @@ class Library:
             identity = self.identity
             # a new library's model exported before: pixels are prepared while it loads
             pixels_from = identity or (peek_identity(self.model, self.weights) if todo.todo else None)
-            report = run_index(
+            report = execute(
                 self.catalog, todo, self.root, options,
                 space=lambda: self.catalog.active_space() or self._space_from_encoder(),
                 encoder=lambda: self.tower("image"),
@@ -303,7 +324,10 @@ class Library:
         from loupe import index as ann
 
         if spec is not None and spec.lower() != "auto":
-            ann.build(spec, 4)   # a bad spec fails here, before anything changes
+            try:   # a bad spec (or a missing extra) fails here, before anything changes
+                spec = ann.check_spec(spec)
+            except (ValueError, ImportError) as exc:
+                raise LibraryError(f"--index {spec}: {exc}") from None
         space = self._space_id()
         self.catalog.update_space_state(
             space, bump=True, index_override=None if spec is None or spec.lower() == "auto" else spec)

@@ -4,13 +4,16 @@ library searching through it."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
-from conftest import TINY, make_folder
+from conftest import TINY, cli, make_folder
 
 pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
 
+from loupe import IndexOptions  # noqa: E402
 from loupe import index as ann  # noqa: E402
 from loupe.index import milvus as mv  # noqa: E402
 from loupe.index.milvus import MilvusIndex, parse_spec  # noqa: E402
@@ -185,7 +188,7 @@ def test_hnsw_recall_and_selective_filters_keep_k(lite, data):
         assert m._disk() > 0
         ann.measure_recall(m, sample=200)
         assert m.recall_at_10 is not None and m.recall_at_10 >= 0.9
-        assert mv.measure_recall(m, ids, x, sample=200) == pytest.approx(m.recall_at_10)
+        assert ann.measure_recall(m, sample=200, reference=(ids, x)) == pytest.approx(m.recall_at_10)
         allowed = np.sort(np.random.default_rng(5).choice(ids, 30, replace=False))
         got, _ = m.search(queries, 20, allowed=allowed)
         assert ((got >= 0).sum(axis=1) == 20).all()
@@ -197,46 +200,85 @@ def test_hnsw_recall_and_selective_filters_keep_k(lite, data):
         m.drop()
 
 
-def test_library_searches_through_milvus(tmp_path, lite, monkeypatch):
-    """The library unchanged, with the factory routing milvus: specs as the wiring will."""
-    real_build, real_load = ann.build, ann.load
+def test_library_searches_through_milvus(tmp_path, lite):
+    """`--index milvus:...` through the CLI, then a Library opened on it: the same top-k as
+    exact search over the catalog's vectors, with and without filters; the snapshot saved as
+    a connection and reopened; catch-up after a file is deleted and one is added; `auto` gives
+    the local index back and the collection is dropped."""
+    from loupe import Filters, Library
+    from loupe.storage.vectors import SNAPSHOT_FILE
 
-    def build(spec, dim, ids=None, vectors=None, **options):
-        if mv.is_milvus(spec):
-            return mv.build(spec, dim, ids, vectors)
-        return real_build(spec, dim, ids, vectors, **options)
-
-    def load(folder, mmap=True):
-        try:
-            return MilvusIndex.load(folder)
-        except ValueError:
-            return real_load(folder, mmap)
-
-    monkeypatch.setattr(ann, "build", build)
-    monkeypatch.setattr(ann, "load", load)
-    from loupe import IndexOptions, Library
-
-    files = make_folder(tmp_path / "photos", 12)
     root = tmp_path / "photos"
-    ref = Library.open(tmp_path / "ref", root=root, model=TINY, device="cpu")
-    ref.index()
-    spec = f"milvus:{lite}?index=FLAT&collection=lib"
-    lib = Library.open(root / ".loupe", model=TINY, device="cpu")
-    lib.index(IndexOptions(index_spec=spec))
-    assert lib.stats()["index"]["spec"] == spec and lib.searchable() == 12
-    for f in files[:4]:
-        a = [(h.path.name, round(h.score, 5)) for h in lib.search(image=f, k=5)]
-        b = [(h.path.name, round(h.score, 5)) for h in ref.search(image=f, k=5)]
-        assert a == b and a[0][0] == f.name
-    lib.close()
-    again = Library.open(root / ".loupe", model=TINY, device="cpu")
-    index = again.vectors_of_space.snapshot().index
+    files = make_folder(root, 7, sub="a") + make_folder(root, 5, start=7, sub="b")
+    spec = f"milvus:{lite}?index=HNSW&collection=lib"
+    res = cli("index", str(root), "--model", TINY, "--device", "cpu", "--index", spec, "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["added"] == 12
+
+    lib = Library.open(root / ".loupe", device="cpu")
+    index = lib.vectors_of_space.snapshot().index
     assert isinstance(index, MilvusIndex) and len(index) == 12
-    (root / files[0].name).unlink()
-    again.index()
-    assert again.searchable() == 11
-    assert all(h.path != files[0] for h in again.search(image=files[1], k=12))
-    index.drop()
+    saved = json.loads((lib.vectors_of_space.folder / SNAPSHOT_FILE).read_text())
+    assert saved["spec"] == spec and lib.stats()["index"]["spec"] == spec
+    gen = ann.base.current_generation(lib.vectors_of_space.folder / "index")
+    assert sorted(f.name for f in gen.iterdir()) == ["ids.npy", "meta.json"]   # no vectors
+    collection = index.collection
+
+    def exact(vec, k, filters=None):
+        ids, matrix = lib.catalog.load_matrix(lib.catalog.active_space(), len(vec))
+        if filters is not None:
+            keep = np.isin(ids, lib.catalog.filter_ids(filters))
+            ids, matrix = ids[keep], matrix[keep]
+        return ann.topk((matrix @ vec)[None], ids, k)
+
+    only_b = Filters(folder="b")
+    for f in files[:3] + files[9:10]:
+        vec = lib.vectors([lib.id_of_path(f.relative_to(root).as_posix())])[0]
+        for filters in (None, only_b):
+            got = lib.search_vector(vec, 5, filters)
+            want_ids, want_sc = exact(vec, 5, filters)
+            assert got.ids.tolist() == want_ids[0].tolist()
+            np.testing.assert_allclose(got.scores, want_sc[0], atol=1e-5)
+    hit = lib.search(image=files[9], k=3, filters=only_b)          # the whole pipeline
+    assert hit[0].path == files[9] and all(h.path.parent.name == "b" for h in hit)
+
+    files[0].unlink()
+    new = make_folder(root, 1, start=40, sub="b")[0]
+    report = lib.index()
+    assert (report.removed, report.added) == (1, 1) and lib.searchable() == 12
+    index = lib.vectors_of_space.snapshot().index
+    assert isinstance(index, MilvusIndex) and index.collection == collection   # caught up
+    assert lib.search(image=new, k=1)[0].path == new
+    assert all(h.path != files[0] for h in lib.search(image=files[1], k=12))
+
+    lib.index(IndexOptions(index_spec="auto"))
+    assert lib.stats()["index"]["spec"] == "Exact"
+    assert not index.client.has_collection(collection)     # the replaced save's collection
+    lib.close()
+
+
+def test_bad_milvus_specs_are_refused_before_anything_changes(tmp_path, monkeypatch):
+    root = tmp_path / "photos"
+    make_folder(root, 2)
+    for spec, says in (("milvus:", "give a Milvus Lite file"),
+                       ("milvus:photos.sqlite", "ending in .db"),
+                       ("milvus:x.db?index=KD_TREE", "index must be one of"),
+                       ("milvus:x.db?ef=many", "ef must be an integer"),
+                       ("milvus:x.db?colour=red", "unknown option 'colour'")):
+        res = cli("index", str(root), "--model", TINY, "--index", spec)
+        assert res.exit_code == 2, res.output
+        assert says in res.stderr and spec in res.stderr
+        assert not (root / ".loupe").exists()      # the new library is not left behind
+
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "pymilvus" else real(name, *a))
+    res = cli("index", str(root), "--model", TINY, "--index", f"milvus:{tmp_path}/m.db")
+    assert res.exit_code == 2
+    assert "needs pymilvus" in res.stderr and "loupe-search[scale]" in res.stderr
+    assert not (root / ".loupe").exists()
 
 
 def test_missing_collection_is_an_error_the_library_rebuilds_from(lite, data, tmp_path):
@@ -258,9 +300,9 @@ def test_short_answers_are_redone_widened_then_exactly(flat, data, monkeypatch):
     real = m._milvus_search
     calls = []
 
-    def short(q, k, expr, widen):
+    def short(q, k, expr, widen, share=1.0):
         calls.append(widen)
-        got_ids, got_sc = real(q, k, expr, widen)
+        got_ids, got_sc = real(q, k, expr, widen, share)
         got_ids[:, 2:], got_sc[:, 2:] = -1, -np.inf
         return got_ids, got_sc
 
@@ -270,3 +312,15 @@ def test_short_answers_are_redone_widened_then_exactly(flat, data, monkeypatch):
     assert calls == [False, True]
     same(got, exact.search(queries, 10, allowed=allowed), exact, queries)
     assert ((got[0] >= 0).sum(axis=1) == 10).all()
+
+
+def test_a_lite_database_held_by_another_process_is_a_clear_error(tmp_path):
+    """Milvus Lite locks its folder (flock on LOCK) for one process; a second one is told so."""
+    import fcntl
+
+    db = tmp_path / "held.db"
+    db.mkdir()
+    with open(db / "LOCK", "w") as held:        # what the other process's Milvus Lite holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(mv.MilvusUnavailable, match="one process per database file"):
+            MilvusIndex(f"milvus:{db}", DIM).client.list_collections()

@@ -10,20 +10,22 @@ kill (an actor restart: one more process start), the interrupted run and the mov
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY
+from conftest import TINY, cli
 
 pytest.importorskip("ray")
 import ray  # noqa: E402
 
 from loupe import IndexOptions, Library  # noqa: E402
-from loupe.ingest import plan  # noqa: E402
-from loupe.ingest.ray_runner import connect, run_index_ray  # noqa: E402
+from loupe.core.errors import LibraryError  # noqa: E402
+from loupe.ingest.ray_runner import connect  # noqa: E402
 
 COLUMNS = "path, sha256, size, mtime, width, height, format, taken_at, camera, status, error"
 
@@ -95,19 +97,9 @@ def copy_of(photos: Path, dest: Path) -> Path:
     return dest
 
 
-def ray_index(lib: Library, options: IndexOptions, progress=None, **kwargs):
-    """What `Library.index(runner="ray")` does: the write lock, plan, run on Ray, save."""
-    with lib.writing():
-        todo = plan(lib.catalog, lib.root, options)
-        identity = lib.identity
-        report = run_index_ray(
-            lib.catalog, todo, lib.root, options,
-            space=lambda: lib.catalog.active_space() or lib._space_from_encoder(),
-            encoder=lambda: lib.encoder,
-            image_size=int(identity["image_size"]) if identity else None,
-            model=lib.model, weights=lib.weights, progress=progress, **kwargs)
-        lib.save_vectors()
-    return report
+def ray_index(lib: Library, options: IndexOptions, progress=None, **ray_options):
+    """`Library.index` on Ray: the module's instance is the process's, so it is the one used."""
+    return lib.index(options, progress=progress, runner="ray", ray_options=ray_options)
 
 
 def rows(lib: Library) -> dict[str, tuple]:
@@ -125,21 +117,58 @@ def assert_same_as_local(lib: Library, local: Library) -> None:
 
 
 def test_ray_gives_the_local_catalog_and_vectors(ray_instance, photos, local, tmp_path):
+    """`loupe index --ray --json`, then `Library.index(runner="ray")`: the catalog and the
+    vectors are the local executor's, the report says what ran where."""
     root = copy_of(photos, tmp_path / "photos")
-    lib = Library.open(root / ".loupe", model=TINY, device="cpu")
-    seen = []
-    report = ray_index(lib, IndexOptions(batch_size=4), progress=lambda d, t: seen.append((d, t)))
-    assert (report.added, report.embedded, report.errors, report.model_loaded) == (12, 12, 0, True)
-    assert seen[0] == (0, 12) and seen[-1] == (12, 12)
-    assert sum(report.ray["embedded_by"].values()) == 12
+    res = cli("index", str(root), "--model", TINY, "--device", "cpu", "--batch-size", "4",
+              "--ray", "--ray-actors", "1", "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert (out["added"], out["embedded"], out["errors"], out["model_loaded"]) == (12, 12, 0, True)
+    assert sum(out["ray"]["embedded_by"].values()) == 12
+    assert out["ray"]["resources"]["CPU"] == 2          # the module's local instance
+    lib = Library.open(root / ".loupe", device="cpu")
     assert lib.catalog.get_meta("last_index")["executor"] == "ray"
     assert_same_as_local(lib, local)
     hit = lib.search(image=root / sorted(rows(local))[3], k=1)[0]
     assert hit.path.name == sorted(rows(local))[3]
 
-    # Nothing changed: nothing is read, no model is loaded.
-    again = ray_index(lib, IndexOptions(batch_size=4))
+    # Nothing changed: nothing is read, no model is loaded, Ray is not asked.
+    seen = []
+    again = ray_index(lib, IndexOptions(batch_size=4), progress=lambda d, t: seen.append((d, t)))
     assert (again.embedded, again.unchanged, again.model_loaded) == (0, 12, False)
+    assert seen == [(0, 0)]
+
+
+def test_bad_ray_options_are_refused_before_anything_changes(photos, tmp_path, monkeypatch):
+    """No Ray needed: every check runs before the plan, the model or Ray."""
+    root = copy_of(photos, tmp_path / "photos")
+    for args, says in ((["--ray-actors", "0"], "--ray-actors"),
+                       (["--ray-actors", "3-1"], "MIN <= MAX"),
+                       (["--ray-actors", "many"], "give N or MIN-MAX"),
+                       (["--ray-gpus", "-1"], "--ray-gpus")):
+        res = cli("index", str(root), "--model", TINY, "--ray", *args)
+        assert res.exit_code == 2 and says in res.output, res.output
+    assert not (root / ".loupe").exists()
+
+    lib = Library.open(tmp_path / "lib", root=root, model=TINY, device="cpu")
+    for kwargs, says in (({"runner": "spark"}, "unknown runner 'spark'"),
+                         ({"ray_address": "auto"}, "need runner='ray'"),
+                         ({"runner": "ray", "ray_options": {"gpus": 1}}, "unknown Ray option(s) gpus"),
+                         ({"runner": "ray", "ray_options": {"actors": (2, 1)}}, "(min, max)"),
+                         ({"runner": "ray", "ray_address": " "}, "address is empty")):
+        with pytest.raises(LibraryError, match=re.escape(says)):
+            lib.index(IndexOptions(), **kwargs)
+    assert lib.counts()["files"] == 0 and lib.catalog.active_space() is None   # no model either
+
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("ray") else real(name, *a))
+    res = cli("index", str(root), "--model", TINY, "--ray")
+    assert res.exit_code == 2 and "loupe-search[scale]" in res.stderr, res.output
+    assert not (root / ".loupe").exists()
 
 
 @pytest.mark.slow
@@ -148,12 +177,14 @@ def test_moves_and_copies_are_matched_by_content_on_ray(ray_instance, photos, lo
     executor says."""
     root = copy_of(photos, tmp_path / "photos")
     lib = Library.open(root / ".loupe", model=TINY, device="cpu")
-    ray_index(lib, IndexOptions(batch_size=4))
+    seen = []
+    first = ray_index(lib, IndexOptions(batch_size=4), progress=lambda d, t: seen.append((d, t)))
+    assert first.added == 12 and seen[0] == (0, 12) and seen[-1] == (12, 12)
     names = sorted(rows(local))
     (root / names[0]).rename(root / "moved.jpg")
     shutil.copy(root / names[1], root / "copy.jpg")
     moved = ray_index(lib, IndexOptions(batch_size=4))
-    assert (moved.moved, moved.copies, moved.removed, moved.embedded) == (1, 1, 1, 0)
+    assert (moved.moved, moved.copies, moved.removed, moved.embedded) == (1, 1, 0, 0)   # as locally
     assert lib.searchable() == 13
     assert rows(lib)["moved.jpg"][1:] == rows(local)[names[0]][1:]
 

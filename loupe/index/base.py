@@ -15,6 +15,7 @@ import mmap
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -271,6 +272,29 @@ def as_rows(vectors, dim: int) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
+def as_additions(ids, vectors, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """What `add` was given, checked: (ids, rows), the last occurrence of an id winning."""
+    ids = as_ids(ids)
+    rows = as_rows(vectors, dim)
+    if len(ids) != len(rows):
+        raise ValueError("ids and vectors differ in length")
+    _, rev_first = np.unique(ids[::-1], return_index=True)
+    if len(rev_first) < len(ids):
+        keep = np.sort(len(ids) - 1 - rev_first)
+        ids, rows = ids[keep], rows[keep]
+    return ids, rows
+
+
+def as_queries(queries, k, dim: int) -> tuple[np.ndarray, int, bool]:
+    """What `search` was given, checked: (queries [n, dim], k, whether one query came as [dim])."""
+    q = np.asarray(queries, dtype=np.float32)
+    single = q.ndim == 1
+    k = int(k)
+    if k < 0:
+        raise ValueError("k must be >= 0")
+    return as_rows(q, dim), k, single
+
+
 class IndexBase:
     """Ids, positions, tombstones, full-precision rows, the filter planner, persistence.
 
@@ -308,17 +332,9 @@ class IndexBase:
         return int(len(self._alive) - len(self._live_ids))
 
     def add(self, ids, vectors) -> None:
-        ids = as_ids(ids)
-        rows = as_rows(vectors, self.dim)
-        if len(ids) != len(rows):
-            raise ValueError("ids and vectors differ in length")
+        ids, rows = as_additions(ids, vectors, self.dim)
         if len(ids) == 0:
             return
-        # The last occurrence of an id within one call wins.
-        _, rev_first = np.unique(ids[::-1], return_index=True)
-        if len(rev_first) < len(ids):
-            keep = np.sort(len(ids) - 1 - rev_first)
-            ids, rows = ids[keep], rows[keep]
         self._kill(self._find(ids)[1])
         start = len(self._pos_ids)
         self._rows.append(rows)
@@ -350,12 +366,7 @@ class IndexBase:
         return self._rows.take(pos)
 
     def search(self, queries, k: int, allowed=None, exclude=None):
-        q = np.asarray(queries, dtype=np.float32)
-        single = q.ndim == 1
-        q = as_rows(q, self.dim)
-        k = int(k)
-        if k < 0:
-            raise ValueError("k must be >= 0")
+        q, k, single = as_queries(queries, k, self.dim)
         ids, scores = self._search(q, k, allowed, exclude)
         return (ids[0], scores[0]) if single else (ids, scores)
 
@@ -574,46 +585,22 @@ class IndexBase:
         pass
 
     def save(self, folder) -> None:
-        """Write a new generation folder beside the previous one, then switch CURRENT to it.
+        """Write a new generation folder beside the previous one, then switch CURRENT to it
+        (see `save_generation`)."""
 
-        Every file is written into a temp folder and fsynced, the temp folder is renamed to its
-        generation name, and the small CURRENT file naming it is replaced atomically (temp file,
-        fsync, rename, fsync of the folder). A crash at any point leaves the previous save
-        readable; leftovers are removed by the next save. Readers that memory-mapped an older
-        generation keep their (unlinked) files until they close them.
-        """
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".tmp-{uuid.uuid4().hex}"
-        tmp.mkdir()
-        np.save(tmp / "ids.npy", self._pos_ids)
-        np.save(tmp / "tombstones.npy", ~self._alive)
-        with open(tmp / "vectors.npy", "wb") as f:
-            np.lib.format.write_array_header_1_0(
-                f, {"descr": "<f4", "fortran_order": False, "shape": (len(self._rows), self.dim)})
-            for _, rows in self._rows.blocks():
-                f.write(np.ascontiguousarray(rows, "<f4").tobytes())
-        self._write_ann(tmp)
-        (tmp / "meta.json").write_text(json.dumps(self.meta(), indent=1))
-        for f in tmp.iterdir():
-            _fsync_file(f)
-        _fsync_dir(tmp)
-        gen = folder / f"gen-{uuid.uuid4().hex[:12]}"
-        os.rename(tmp, gen)
-        _fsync_dir(folder)
-        cur_tmp = folder / f".{CURRENT}.{uuid.uuid4().hex}"
-        cur_tmp.write_text(gen.name + "\n")
-        _fsync_file(cur_tmp)
-        os.replace(cur_tmp, folder / CURRENT)
-        _fsync_dir(folder)
-        self._folder = gen
-        for old in folder.iterdir():
-            if old != gen and (old.name.startswith("gen-") or old.name.startswith(".tmp-")
-                               or old.name.startswith(f".{CURRENT}.")):
-                if old.is_dir():
-                    shutil.rmtree(old, ignore_errors=True)
-                else:
-                    old.unlink(missing_ok=True)
+        def write(tmp: Path) -> None:
+            np.save(tmp / "ids.npy", self._pos_ids)
+            np.save(tmp / "tombstones.npy", ~self._alive)
+            with open(tmp / "vectors.npy", "wb") as f:
+                np.lib.format.write_array_header_1_0(
+                    f, {"descr": "<f4", "fortran_order": False,
+                        "shape": (len(self._rows), self.dim)})
+                for _, rows in self._rows.blocks():
+                    f.write(np.ascontiguousarray(rows, "<f4").tobytes())
+            self._write_ann(tmp)
+            (tmp / "meta.json").write_text(json.dumps(self.meta(), indent=1))
+
+        self._folder = save_generation(Path(folder), write)
 
     def _restore(self, gen: Path, meta: dict, mmap: bool) -> None:
         self._pos_ids = np.load(gen / "ids.npy")
@@ -630,6 +617,37 @@ class IndexBase:
         self.recall_at_10 = meta.get("recall_at_10")
         self.rebuilds = int(meta.get("rebuilds", 0))
         self._folder = gen
+
+
+def save_generation(folder: Path, write: Callable[[Path], None]) -> Path:
+    """Save a new generation of an index in `folder`: `write(tmp)` fills a temp folder, whose
+    files are fsynced; it is renamed to its generation name, and the small CURRENT file naming
+    it is replaced atomically (temp file, fsync, rename, fsync of the folder). A crash at any
+    point leaves the previous save readable; leftovers (older generations, temp files) are
+    removed once the new one is current. Readers that memory-mapped an older generation keep
+    their (unlinked) files until they close them. Returns the new generation's folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    write(tmp)
+    for f in tmp.iterdir():
+        _fsync_file(f)
+    _fsync_dir(tmp)
+    gen = folder / f"gen-{uuid.uuid4().hex[:12]}"
+    os.rename(tmp, gen)
+    _fsync_dir(folder)
+    cur_tmp = folder / f".{CURRENT}.{uuid.uuid4().hex}"
+    cur_tmp.write_text(gen.name + "\n")
+    _fsync_file(cur_tmp)
+    os.replace(cur_tmp, folder / CURRENT)
+    _fsync_dir(folder)
+    for old in folder.iterdir():
+        if old != gen and old.name.startswith(("gen-", ".tmp-", f".{CURRENT}.")):
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
+    return gen
 
 
 def current_generation(folder: Path) -> Path:

@@ -8,9 +8,17 @@ from pathlib import Path
 
 import numpy as np
 
-from loupe.index.base import FORMAT, IndexBase, VectorIndex, current_generation
+from loupe.index.base import (
+    FORMAT,
+    IndexBase,
+    VectorIndex,
+    current_generation,
+    merge_topk,
+    topk,
+)
 from loupe.index.exact import ExactIndex
 from loupe.index.faiss_index import FaissIndex
+from loupe.index.milvus import is_milvus  # the module needs pymilvus only once it connects
 
 # choose_spec: exact search while n * dim <= EXACT_MAX_SCAN. Measured by benchmarks/ann.py
 # (results/ann.json, "exact_scan"): single-threaded exact search of one query over n stored
@@ -31,7 +39,13 @@ def build(spec: str, dim: int, ids=None, vectors=None, **options) -> VectorIndex
     """An index of the given spec; filled with (ids, vectors) when given.
 
     options: ef_search, nprobe, k_factor (search-time knobs of the FAISS kinds), build_threads.
+    A ``milvus:URI[?key=value]`` spec makes a collection in Milvus (`loupe.index.milvus`; its
+    knobs go in the spec; imported only then, so this package needs no pymilvus otherwise).
     """
+    if is_milvus(spec):
+        from loupe.index import milvus
+
+        return milvus.build(spec, dim, ids, vectors, **options)
     if spec == "Exact":
         if options:
             raise TypeError(f"Exact takes no options, got {sorted(options)}")
@@ -45,13 +59,32 @@ def build(spec: str, dim: int, ids=None, vectors=None, **options) -> VectorIndex
     return index
 
 
+def check_spec(spec: str) -> str:
+    """The spec as a library should record it, or ValueError naming what is wrong with it
+    (ImportError naming the extra to install for a Milvus spec without pymilvus). Nothing is
+    built or connected to. A Milvus Lite path is made absolute: every process then opens the
+    same database, whatever its working folder."""
+    if is_milvus(spec):
+        from loupe.index import milvus
+
+        milvus.require(spec)
+        return milvus.absolute_spec(spec)
+    build(spec, 4)
+    return spec
+
+
 def load(folder: Path, mmap: bool = True) -> VectorIndex:
     """Open a saved index. Nothing is rebuilt; with mmap the full-precision rows (and the FAISS
-    structure of Flat/HNSW kinds) are memory-mapped, so pages load as queries touch them."""
+    structure of Flat/HNSW kinds) are memory-mapped, so pages load as queries touch them.
+    A saved Milvus index reconnects to its collection (the save holds the connection)."""
     gen = current_generation(Path(folder))
     meta = json.loads((gen / "meta.json").read_text())
     if meta.get("format") != FORMAT:
         raise ValueError(f"{gen}: unknown index format {meta.get('format')!r}")
+    if meta.get("kind") == "milvus":
+        from loupe.index.milvus import MilvusIndex
+
+        return MilvusIndex.load(folder)
     p = meta.get("params", {})
     if meta["spec"] == "Exact":
         index: IndexBase = ExactIndex(meta["dim"])
@@ -106,18 +139,29 @@ def choose_spec(n: int, dim: int, memory_budget_bytes: int | None = None) -> str
     raise ValueError(f"no index kind fits {n} x {dim} vectors in {memory_budget_bytes} bytes")
 
 
-def measure_recall(index: VectorIndex, sample: int = 1000, k: int = 10, seed: int = 0) -> float:
+def measure_recall(index: VectorIndex, sample: int = 1000, k: int = 10, seed: int = 0,
+                   reference: tuple[np.ndarray, np.ndarray] | None = None) -> float:
     """Recall@k of `index.search` against exact search, with `sample` of the index's own stored
     vectors as queries (the query itself counts as a hit in both lists). Stored on the index
-    (stats()['recall_at_10'] when k == 10, and saved with it)."""
-    ids = index.ids
+    (stats()['recall_at_10'] when k == 10, and saved with it).
+
+    `reference`: (sorted ids, rows) the index was built from, the catalog's copy; the queries
+    and the exact side then come from it instead of from the index (for an index whose
+    vectors live elsewhere, as Milvus's do: nothing is pulled back out of it)."""
+    ids = index.ids if reference is None else np.asarray(reference[0], np.int64)
     if len(ids) == 0:
         raise ValueError("cannot measure recall on an empty index")
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(ids, size=min(sample, len(ids)), replace=False))
-    q = index.vectors(pick)
+    if reference is not None:
+        matrix = reference[1]
+        q = np.asarray(matrix[np.searchsorted(ids, pick)], np.float32)
+    else:
+        q = index.vectors(pick)
     got, _ = index.search(q, k)
-    if isinstance(index, IndexBase):
+    if reference is not None:
+        want, _ = _exact_reference(index, q, k, ids, matrix)
+    elif isinstance(index, IndexBase):
         want, _ = index._exact_masked(q, k, index._alive)
     else:
         want, _ = _exact_reference(index, q, k)
@@ -129,12 +173,13 @@ def measure_recall(index: VectorIndex, sample: int = 1000, k: int = 10, seed: in
     return recall
 
 
-def _exact_reference(index: VectorIndex, q: np.ndarray, k: int):
-    from loupe.index.base import merge_topk, topk
-
-    ids = index.ids
+def _exact_reference(index: VectorIndex, q: np.ndarray, k: int, ids: np.ndarray | None = None,
+                     matrix: np.ndarray | None = None):
+    """Exact top-k over (ids, matrix), or over the index's own vectors read back in blocks."""
+    ids = index.ids if ids is None else ids
     best = topk(np.zeros((len(q), 0), np.float32), np.zeros(0, np.int64), k)
     for s in range(0, len(ids), 65536):
         part = ids[s: s + 65536]
-        best = merge_topk(best, topk(q @ index.vectors(part).T, part, k), k)
+        rows = index.vectors(part) if matrix is None else np.asarray(matrix[s: s + 65536], np.float32)
+        best = merge_topk(best, topk(q @ rows.T, part, k), k)
     return best

@@ -29,6 +29,7 @@ and `weights` (a local file) must be readable at the same path on every node.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -42,12 +43,12 @@ from typing import Any
 import numpy as np
 
 from loupe.core.config import IndexOptions
-from loupe.core.errors import ModelError
+from loupe.core.errors import LibraryError, ModelError
 from loupe.ingest import embed as emb
-from loupe.ingest.apply import IndexReport, RunState, commit
+from loupe.ingest.apply import IndexReport
 from loupe.ingest.embed import Item
 from loupe.ingest.plan import Plan
-from loupe.ingest.run import Progress, _fill_reused
+from loupe.ingest.run import Batches, Progress, begin, finish
 from loupe.media.scan import FileEntry
 from loupe.storage.catalog import Catalog
 
@@ -66,7 +67,7 @@ CHUNK_FILES = 200_000
 # A commit carries at most this many rows (moves and copies carry no pixels and are cheap).
 MAX_COMMIT_ROWS = 1024
 
-__all__ = ["RayIndexStats", "run_index_ray", "connect"]
+__all__ = ["RayIndexStats", "connect", "executor", "require_ray", "run_index_ray"]
 
 log = logging.getLogger("loupe.ingest.ray")
 
@@ -76,6 +77,45 @@ class RayIndexStats(dict):
     embedded per "host:pid" of an embedding actor), `actor_init_s` (each actor's model load),
     `read_s` / `embed_s` (worker seconds spent reading + decoding + preparing, and in the
     model, summed over files), `first_to_last_result_s`, and `resources` (the cluster's)."""
+
+
+# What `Library.index(runner="ray", ray_options=...)` passes on to `run_index_ray`.
+OPTIONS = ("actors", "num_gpus", "cpus_per_actor", "worker_root", "runtime_env", "backend",
+           "device", "num_cpus")
+
+
+def require_ray() -> None:
+    """LibraryError naming the extra when Ray Data is not installed (checked without importing
+    Ray, which takes seconds)."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None or importlib.util.find_spec("ray.data") is None:
+        raise LibraryError("indexing on Ray needs Ray Data: pip install 'loupe-search[scale]' "
+                           "(or pip install 'ray[data]')")
+
+
+def executor(model: str, weights: str | Path | None, address: str | None = None,
+             options: Mapping[str, Any] | None = None) -> Callable[..., IndexReport]:
+    """`run_index_ray` bound to a library's model and to the Ray options, with the same call as
+    `run_index`. Every option is checked here, before the caller plans or loads anything."""
+    require_ray()
+    opts = dict(options or {})
+    unknown = sorted(set(opts) - set(OPTIONS))
+    if unknown:
+        raise LibraryError(f"unknown Ray option(s) {', '.join(unknown)} (known: {', '.join(OPTIONS)})")
+    actors = opts.get("actors")
+    if actors is not None:
+        sizes = [actors] if isinstance(actors, int) else list(actors)
+        if (len(sizes) not in (1, 2) or not all(isinstance(a, int) and a >= 1 for a in sizes)
+                or sizes != sorted(sizes)):
+            raise LibraryError(f"Ray actors must be a count >= 1 or (min, max), not {actors!r}")
+        opts["actors"] = actors if isinstance(actors, int) else tuple(sizes)
+    for key in ("num_gpus", "cpus_per_actor"):
+        if key in opts and not (isinstance(opts[key], int | float) and opts[key] >= 0):
+            raise LibraryError(f"Ray {key} must be a number >= 0, not {opts[key]!r}")
+    if address is not None and not str(address).strip():
+        raise LibraryError("the Ray address is empty (give 'auto', HOST:6379 or ray://HOST:10001)")
+    return functools.partial(run_index_ray, model=model, weights=weights, address=address, **opts)
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None,
@@ -105,7 +145,8 @@ def run_index_ray(catalog: Catalog, plan: Plan, root: Path, options: IndexOption
                   actors: int | tuple[int, int] | None = None, num_gpus: float = 0.0,
                   cpus_per_actor: float = 1.0, worker_root: str | Path | None = None,
                   runtime_env: dict[str, Any] | None = None, num_cpus: int | None = None,
-                  progress: Progress | None = None) -> IndexReport:
+                  progress: Progress | None = None,
+                  identity: dict[str, Any] | None = None) -> IndexReport:
     """Carry out `plan` with Ray Data doing the reading, decoding and embedding.
 
     catalog, plan, root, options, space, encoder, image_size, progress: as `run_index`.
@@ -117,38 +158,18 @@ def run_index_ray(catalog: Catalog, plan: Plan, root: Path, options: IndexOption
     scale it; default (1, the cluster's GPUs / num_gpus), or on CPUs (1, half the cluster's
     CPUs / cpus_per_actor), the other half decoding (1 on a 2-core machine). Keep
     actors x cpus_per_actor below the CPUs, or no read task can run. address / num_cpus /
-    runtime_env: see `connect`.
+    runtime_env: see `connect`. identity: accepted for `run_index`'s call and not needed: the
+    read tasks prepare pixels from the space's recorded identity.
     """
     started = time.perf_counter()
-    report = IndexReport(scanned=plan.scanned, unchanged=plan.unchanged)
+    report, state, image_size = begin(catalog, plan, space=space, encoder=encoder,
+                                      image_size=image_size)
     report.ray = RayIndexStats(embedded_by={}, resources={})
-    known_rows = plan.known
-
-    # Deletions first, as the local executor does: vectors and metadata of deleted files stay
-    # until the run ends, so a move is matched by content.
-    left_behind: dict[str, dict[str, Any]] = {}
-    for rel in plan.gone:
-        sha = known_rows[rel]["sha256"]
-        if sha and known_rows[rel]["status"] == "ok":
-            left_behind[sha] = catalog.meta_for_hash(sha) or {}
-    if plan.gone:
-        with catalog.transaction() as db:
-            Catalog.delete_paths(db, plan.gone)
-    report.removed = len(plan.gone)
-
     total = len(plan.todo)
+    if progress:
+        progress(0, total)
     if total:
-        space_id = catalog.active_space()
-        if space_id is None or image_size is None:   # a new library: the model names the space
-            encoder()
-            space_id = space()
-        identity = dict(catalog.space(space_id)["identity"])
-        state = RunState(space=space_id, known=catalog.known_hashes(space_id),
-                         old_sha={e.rel: known_rows[e.rel]["sha256"]
-                                  for e in plan.todo if e.rel in known_rows},
-                         left_behind=left_behind)
-        if progress:
-            progress(0, total)
+        identity = dict(catalog.space(state.space)["identity"])
         connect(address, num_cpus=num_cpus, runtime_env=runtime_env)
         rows = _pipeline(plan.todo, state.known, identity, options,
                          worker_root=str(worker_root or root), model=model,
@@ -156,46 +177,21 @@ def run_index_ray(catalog: Catalog, plan: Plan, root: Path, options: IndexOption
                          device=device or ("cuda" if num_gpus else "cpu"), backend=backend,
                          actors=actors, num_gpus=num_gpus, cpus_per_actor=cpus_per_actor)
         try:
-            report.ray = _commit_all(catalog, rows, state, report, root, options, total,
-                                     progress)
+            batches = Batches(catalog, state, report, root, options, total, progress,
+                              max_rows=MAX_COMMIT_ROWS)
+            report.ray = _commit_all(rows, batches)
         finally:
             rows.close()   # an interrupted run stops the Ray Data execution it started
-    elif progress:
-        progress(0, 0)
-
-    with catalog.transaction(bump=False) as db:
-        Catalog.drop_orphan_vectors(db)
-        report.seconds = time.perf_counter() - started
-        catalog.set_meta("last_index", {"finished_at": time.time(), "executor": "ray",
-                                        **report.to_dict()}, db=db)
-    return report
+    return finish(catalog, plan, report, started, executor="ray")
 
 
-def _commit_all(catalog: Catalog, rows: Iterator[dict[str, Any]], state: RunState,
-                report: IndexReport, root: Path, options: IndexOptions, total: int,
-                progress: Progress | None) -> RayIndexStats:
-    """Rows as they arrive -> Items -> commits of about `options.batch_size` embedded images."""
-    done = 0
-    batch: list[Item] = []
-    n_new = 0
+def _commit_all(rows: Iterator[dict[str, Any]], batches: Batches) -> RayIndexStats:
+    """Rows as they arrive -> Items -> commits; what the workers reported, summed."""
     workers: dict[str, int] = {}
-
-    def flush() -> None:
-        nonlocal done, batch, n_new
-        _fill_reused(catalog, batch, state, root, options)
-        if any(it.vector is not None for it in batch):
-            report.model_loaded = True
-        commit(catalog, batch, state, report)
-        done += len(batch)
-        batch, n_new = [], 0
-        if progress:
-            progress(done, total)
-
     times = {"read_s": 0.0, "embed_s": 0.0}
     init: dict[str, float] = {}
     first = last = None
     for row in rows:
-        item = _item(row)
         last = time.perf_counter()
         first = first or last
         times["read_s"] += float(row["read_s"])
@@ -203,14 +199,10 @@ def _commit_all(catalog: Catalog, rows: Iterator[dict[str, Any]], state: RunStat
         if row["worker"]:
             workers[row["worker"]] = workers.get(row["worker"], 0) + 1
             init[row["worker"]] = round(float(row["init_s"]), 2)
-        batch.append(item)
-        n_new += item.vector is not None
-        if n_new >= options.batch_size or len(batch) >= MAX_COMMIT_ROWS:
-            flush()
-    if batch:
-        flush()
-    if done != total:   # Ray Data lost or duplicated rows: never commit a partial run silently
-        raise RuntimeError(f"Ray returned {done} results for {total} files")
+        batches.add(_item(row))
+    batches.flush()
+    if batches.done != batches.total:   # Ray Data lost or duplicated rows: never silently
+        raise RuntimeError(f"Ray returned {batches.done} results for {batches.total} files")
     import ray
 
     return RayIndexStats(embedded_by=workers, resources=dict(ray.cluster_resources()),

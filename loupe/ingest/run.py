@@ -42,6 +42,51 @@ def run_index(catalog: Catalog, plan: Plan, root: Path, options: IndexOptions, *
     `identity` (the space's, or a new library's model as exported before): pixels are then
     prepared from it in the decode threads while the model loads, instead of waiting for it."""
     started = time.perf_counter()
+    if identity is not None and image_size is None:
+        image_size = int(identity["image_size"])
+    report, state, image_size = begin(catalog, plan, space=space, encoder=encoder,
+                                      image_size=image_size)
+    total = len(plan.todo)
+    if progress:
+        progress(0, total)
+
+    quick = identity is not None and preprocess.supports(identity)
+
+    def prepare(image: Any) -> Any:
+        return preprocess.prepare(image, identity) if quick else encoder().prepare(image)
+
+    def work(entry: FileEntry) -> Item:
+        return emb.read(entry, root, known=state.known, max_file_bytes=options.max_file_bytes,
+                        max_pixels=options.max_pixels, image_size=image_size or 0, prepare=prepare)
+
+    def embed(batch: list[Item]) -> None:
+        if report.encoder is None:
+            _same_pixels(encoder(), identity if quick else None)
+            report.encoder = runtime_info(encoder())
+        if state.space < 0:   # a new library whose pixels were prepared before the model
+            state.space = space()
+        emb.embed(batch, encoder().encode_pixels)
+
+    workers = options.workers or max(2, os.cpu_count() or 2)
+    batches = Batches(catalog, state, report, root, options, total, progress, embed=embed)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="loupe-decode") as pool:
+        try:
+            for item in _ordered(pool, work, plan.todo, window=options.batch_size * 2 + workers):
+                batches.add(item)
+            batches.flush()
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    return finish(catalog, plan, report, started)
+
+
+def begin(catalog: Catalog, plan: Plan, *, space: Callable[[], int], encoder: Callable[[], Any],
+          image_size: int | None) -> tuple[IndexReport, RunState, int | None]:
+    """What every executor (this one, Ray's) does first: the report of the plan, the deleted
+    files removed in one transaction, and the state new content is committed against. Loads
+    the model only for a library whose image size is unknown (a new one, without an earlier
+    export) that has something to embed: the model names the space. Returns (report, state,
+    the image size); `state.space` is -1 while the space is still to be named."""
     report = IndexReport(scanned=plan.scanned, unchanged=plan.unchanged,
                          unreadable=list(plan.seen.unreadable), outside_links=len(plan.seen.outside_links))
     known_rows = plan.known
@@ -59,8 +104,6 @@ def run_index(catalog: Catalog, plan: Plan, root: Path, options: IndexOptions, *
     report.removed = len(plan.gone)
 
     space_id = catalog.active_space()
-    if identity is not None and image_size is None:
-        image_size = int(identity["image_size"])
     if image_size is None and plan.todo:   # a new library: the model names the space
         image_size = encoder().image_size
         space_id = space()
@@ -68,61 +111,59 @@ def run_index(catalog: Catalog, plan: Plan, root: Path, options: IndexOptions, *
                      known=catalog.known_hashes(space_id) if space_id is not None else set(),
                      old_sha={e.rel: known_rows[e.rel]["sha256"] for e in plan.todo if e.rel in known_rows},
                      left_behind=left_behind)
-    total = len(plan.todo)
-    if progress:
-        progress(0, total)
+    return report, state, image_size
 
-    quick = identity is not None and preprocess.supports(identity)
 
-    def prepare(image: Any) -> Any:
-        return preprocess.prepare(image, identity) if quick else encoder().prepare(image)
+class Batches:
+    """Items as they are read -> one commit (one transaction) per `options.batch_size` images
+    with new content (and at most `max_rows` items). `embed(batch)` fills the vectors of the
+    items that carry pixels (items embedded elsewhere, on Ray, carry their vector).
+    Progress after each commit."""
 
-    def work(entry: FileEntry) -> Item:
-        return emb.read(entry, root, known=state.known, max_file_bytes=options.max_file_bytes,
-                        max_pixels=options.max_pixels, image_size=image_size or 0, prepare=prepare)
+    def __init__(self, catalog: Catalog, state: RunState, report: IndexReport, root: Path,
+                 options: IndexOptions, total: int, progress: Progress | None, *,
+                 embed: Callable[[list[Item]], None] | None = None,
+                 max_rows: int | None = None):
+        self.catalog, self.state, self.report = catalog, state, report
+        self.root, self.options, self.total, self.progress = root, options, total, progress
+        self.embed, self.max_rows = embed, max_rows
+        self.done = 0
+        self._batch: list[Item] = []
+        self._new = 0
 
-    done = 0
-    batch: list[Item] = []
-    n_new = 0
-    workers = options.workers or max(2, os.cpu_count() or 2)
+    def add(self, item: Item) -> None:
+        self._batch.append(item)
+        self._new += item.pixels is not None or item.vector is not None
+        if self._new >= self.options.batch_size or (
+                self.max_rows is not None and len(self._batch) >= self.max_rows):
+            self.flush()
 
-    def flush() -> None:
-        nonlocal done, batch, n_new
-        _fill_reused(catalog, batch, state, root, options)
-        if any(it.pixels is not None for it in batch):
-            report.model_loaded = True
-            if report.encoder is None:
-                _same_pixels(encoder(), identity if quick else None)
-                report.encoder = runtime_info(encoder())
-            if state.space < 0:   # a new library whose pixels were prepared before the model
-                state.space = space()
-            emb.embed(batch, encoder().encode_pixels)
-        commit(catalog, batch, state, report)
-        done += len(batch)
-        batch, n_new = [], 0
-        if progress:
-            progress(done, total)
+    def flush(self) -> None:
+        batch, self._batch, self._new = self._batch, [], 0
+        if not batch:
+            return
+        _fill_reused(self.catalog, batch, self.state, self.root, self.options)
+        if self.embed is not None and any(it.pixels is not None for it in batch):
+            self.embed(batch)
+        if any(it.vector is not None for it in batch):
+            self.report.model_loaded = True
+        commit(self.catalog, batch, self.state, self.report)
+        self.done += len(batch)
+        if self.progress:
+            self.progress(self.done, self.total)
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="loupe-decode") as pool:
-        try:
-            for item in _ordered(pool, work, plan.todo, window=options.batch_size * 2 + workers):
-                batch.append(item)
-                n_new += item.pixels is not None
-                if n_new >= options.batch_size:
-                    flush()
-            if batch:
-                flush()
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
 
+def finish(catalog: Catalog, plan: Plan, report: IndexReport, started: float,
+           **meta: Any) -> IndexReport:
+    """What every executor does last: moves counted, orphan vectors dropped, the run recorded
+    (with `meta`, e.g. the executor) as the library's last index run."""
     # A path that left and whose content came back elsewhere was moved, not removed.
     report.removed = len(plan.gone) - report.moved
     # Orphan vectors are referenced by no searchable row: dropping them changes no result.
     with catalog.transaction(bump=False) as db:
         Catalog.drop_orphan_vectors(db)
         report.seconds = time.perf_counter() - started
-        catalog.set_meta("last_index", {"finished_at": time.time(), **report.to_dict()}, db=db)
+        catalog.set_meta("last_index", {"finished_at": time.time(), **meta, **report.to_dict()}, db=db)
     return report
 
 

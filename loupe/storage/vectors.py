@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from loupe import index as ann
-from loupe.core.errors import UnknownImage
+from loupe.core.errors import LibraryError, UnknownImage
 from loupe.core.files import atomic_write
 from loupe.storage.catalog import Catalog
 
@@ -125,6 +125,8 @@ class SpaceVectors:
                 self._catch_up(snap, gen)
             else:
                 snap = self._rebuild(gen, plain)
+            if self._snap is not None and self._snap.index is not snap.index:
+                _release(self._snap.index)
             self._snap = snap
             return snap
 
@@ -155,8 +157,13 @@ class SpaceVectors:
     def _build(self, ids: np.ndarray, matrix: np.ndarray) -> ann.VectorIndex:
         state = self.state()
         spec = state.get("index_override") or ann.choose_spec(len(ids), self.dim, self.memory_budget)
-        index = ann.build(spec, self.dim, ids, matrix)
-        recall = ann.measure_recall(index) if len(ids) and not _is_exact(spec) else 1.0
+        try:
+            index = ann.build(spec, self.dim, ids, matrix)
+        except (ImportError, ConnectionError) as exc:   # milvus: no [scale] extra, or no Milvus
+            raise LibraryError(f"this library's search index is {spec}: {exc}") from None
+        # Exact side from the catalog's rows: nothing is read back out of the index (Milvus).
+        recall = (ann.measure_recall(index, reference=(ids, matrix))
+                  if len(ids) and not _is_exact(spec) else 1.0)
         if state.get("index") != {"spec": spec, "recall_at_10": recall} and not self.catalog.read_only:
             self.catalog.update_space_state(self.space, index={"spec": spec, "recall_at_10": recall})
         return index
@@ -173,8 +180,10 @@ class SpaceVectors:
             state = self.state()
             wanted = state.get("index_override") or ann.choose_spec(len(snap.index), self.dim,
                                                                     self.memory_budget)
+            replaced = None
             if wanted != snap.index.spec:
-                snap.index = self._build(snap.index.ids, snap.index.vectors(snap.index.ids))
+                replaced = snap.index
+                snap.index = self._build(replaced.ids, replaced.vectors(replaced.ids))
             record = self._record(snap)
             saved = self._saved_record()
             if saved == record:
@@ -182,6 +191,8 @@ class SpaceVectors:
             self.folder.mkdir(parents=True, exist_ok=True)
             snap.index.save(self.folder / "index")
             atomic_write(self.folder / SNAPSHOT_FILE, lambda fh: fh.write(json.dumps(record).encode()))
+            if replaced is not None:
+                _release(replaced, saved=True)
 
     def _record(self, snap: Snapshot) -> dict[str, Any]:
         return {"epoch": self.catalog.epoch(), "space": self.space, "generation": snap.generation,
@@ -209,6 +220,15 @@ class SpaceVectors:
 
     def forget_saved(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _release(index: ann.VectorIndex, saved: bool = False) -> None:
+    """Free what a replaced index holds outside this process (a Milvus collection): one made
+    for a snapshot that was never saved, or with `saved`, the one the save just replaced
+    named (a Milvus save replacing a Milvus save drops it itself)."""
+    release = getattr(index, "release", None)
+    if release is not None:
+        release(saved=saved)
 
 
 def _is_exact(spec: str) -> bool:
