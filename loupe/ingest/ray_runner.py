@@ -135,7 +135,13 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
             kwargs["num_cpus"] = num_cpus
         ray.init(**kwargs)
     else:
-        ray.init(address=address, **kwargs)
+        try:
+            ray.init(address=address, **kwargs)
+        except ConnectionError as exc:
+            raise LibraryError(
+                f"cannot join the Ray cluster at {address}: {exc}. A cluster with token "
+                "authentication (Ray 2.5x and later) needs RAY_AUTH_MODE=token and its token "
+                "(~/.ray/auth_token or RAY_AUTH_TOKEN); nothing was changed") from None
 
 
 def run_index_ray(catalog: Catalog, plan: Plan, root: Path, options: IndexOptions, *,
@@ -162,15 +168,16 @@ def run_index_ray(catalog: Catalog, plan: Plan, root: Path, options: IndexOption
     read tasks prepare pixels from the space's recorded identity.
     """
     started = time.perf_counter()
+    total = len(plan.todo)
+    if total:   # first: a cluster that cannot be joined changes nothing
+        connect(address, num_cpus=num_cpus, runtime_env=runtime_env)
     report, state, image_size = begin(catalog, plan, space=space, encoder=encoder,
                                       image_size=image_size)
     report.ray = RayIndexStats(embedded_by={}, resources={})
-    total = len(plan.todo)
     if progress:
         progress(0, total)
     if total:
         identity = dict(catalog.space(state.space)["identity"])
-        connect(address, num_cpus=num_cpus, runtime_env=runtime_env)
         rows = _pipeline(plan.todo, state.known, identity, options,
                          worker_root=str(worker_root or root), model=model,
                          weights=str(weights) if weights else None,
