@@ -177,8 +177,8 @@ def run_index_ray(catalog: Catalog, plan: Plan, root: Path, options: IndexOption
     if progress:
         progress(0, total)
     if total:
-        identity = dict(catalog.space(state.space)["identity"])
-        rows = _pipeline(plan.todo, state.known, identity, options,
+        recorded = dict(catalog.space(state.space)["identity"])
+        rows = _pipeline(plan.todo, state.known, recorded, options,
                          worker_root=str(worker_root or root), model=model,
                          weights=str(weights) if weights else None,
                          device=device or ("cuda" if num_gpus else "cpu"), backend=backend,
