@@ -597,6 +597,13 @@ def stats(library: LibraryOpt = None, json_out: JsonOpt = False) -> None:
         mark = "*" if space["active"] else " "
         out.print(f" {mark} space {space['id']}: {space['name']} ({space['identity'].get('dim', '?')}-d), "
                   f"{space['vectors']} vectors", highlight=False)
+    if info.get("switch"):
+        sw = info["switch"]
+        bridge = sw["bridge"]
+        out.print(f"[bold]switch[/]  to space {sw['target']} ({sw['name']}): {sw['embedded']}/{sw['total']} "
+                  "images embedded; " + (f"searching through a {bridge['method']} bridge" if bridge else
+                                          "bridge not fitted yet: searches use the old model")
+                  + " (`loupe models fill` carries on)", highlight=False)
     for e in info["error_list"][:20]:
         out.print(f"  [red]error[/] {escape(printable(e['path']))}: {escape(printable(e['error']))}",
                   highlight=False)
@@ -695,10 +702,12 @@ def _draw_boxes(lib: Library, hits: list[Any], folder: Path) -> None:
 from loupe.dups.cli import register as _register_dups  # noqa: E402
 from loupe.eval.cli import register as _register_eval  # noqa: E402
 from loupe.server.cli import register as _register_serve  # noqa: E402
+from loupe.switch.cli import register as _register_models  # noqa: E402
 
 _register_serve(app)
 _register_eval(app)
 _register_dups(app)
+_register_models(app)
 
 
 def main() -> None:

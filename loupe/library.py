@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from loupe import switch as switching
 from loupe.core.config import (
     CATALOG_FILENAME,
     LIBRARY_DIRNAME,
@@ -90,7 +91,7 @@ class Library:
         # backend / precision: the settings (LOUPE_BACKEND, LOUPE_PRECISION) unless given
         self.backend, self.precision = check_runtime(backend or default("backend"),
                                                      precision or default("precision"), device)
-        self._encoders: dict[frozenset[str], Encoder] = {}
+        self._encoders: dict[tuple[int | None, frozenset[str]], Encoder] = {}
         self._vectors: SpaceVectors | None = None
         self._text_bank: tuple[Any, Any] | None = None
         self._ocr: Any = None                # the OCR engine, loaded by the first run that reads text
@@ -163,28 +164,33 @@ class Library:
         against the space)."""
         return self.tower("image", "text")
 
-    def tower(self, *towers: str) -> Encoder:
-        """The active space's model with at least these towers. A text query loads only the
-        text tower: from a cached export that is ONNX Runtime and a tokenizer, no torch."""
+    def tower(self, *towers: str, space: int | None = None) -> Encoder:
+        """The active space's model (or `space`'s) with at least these towers. A text query
+        loads only the text tower: from a cached export that is ONNX Runtime and a tokenizer,
+        no torch."""
         want = frozenset(towers)
         with self._model_lock:
-            for enc in self._encoders.values():
-                if want <= enc.towers:
+            space = self.catalog.active_space() if space is None else space
+            for (of, have), enc in self._encoders.items():
+                if of == space and want <= have:
                     return enc
-            recorded = self.identity
+            recorded = self.catalog.space(space)["identity"] if space is not None else None
+            name, weights = self.model, self.weights
             if recorded is None:   # a new library: the model names its space
                 spec = ModelSpec.parse(self.model, self.weights)
                 if spec.weights is None:
                     ensure_downloadable(spec.arch, spec.tag)
-            enc = load_encoder(self.model, self.weights, self.device, towers=sorted(want),
+            elif recorded.get("model_name", self.model) != self.model:  # another space's model
+                name, weights = recorded["model_name"], recorded.get("weights_path")
+            enc = load_encoder(name, weights, self.device, towers=sorted(want),
                                backend=self.backend, precision=self.precision)
             if recorded is None:
                 identity = {**enc.identity, "model_name": self.model,
                             "weights_path": str(self.weights.resolve()) if self.weights else None}
-                self.catalog.add_space(self.model, identity, activate=True)
+                space = self.catalog.add_space(self.model, identity, activate=True)
             elif not enc.same_model(recorded):
                 raise ModelMismatch(_mismatch_message(recorded, enc.identity, self.path))
-            self._encoders[want] = enc
+            self._encoders[(space, want)] = enc
             return enc
 
     def close(self) -> None:
@@ -230,6 +236,8 @@ class Library:
             )
             self.save_vectors()
             report.ocr = self._read_text(engine, options, ocr_progress or progress)
+            if switching.target_space(self.catalog) is not None:   # a model switch carries on
+                report.switch = switching.fill(self, progress, options=options, locked=True).to_dict()
         return report
 
     def ocr_engine(self, enable: bool | None = None) -> Any:
@@ -348,9 +356,12 @@ class Library:
             space = self._space_id()
             if self._vectors is None or self._vectors.space != space:
                 dim = int(self.catalog.space(space)["identity"]["dim"])
+                # A switch's target becomes active: a server keeps its refresh policy.
+                auto = self._vectors.auto_refresh if self._vectors is not None else True
                 self._vectors = SpaceVectors(self.catalog, space, dim,
                                              self.path / SPACES_DIRNAME / str(space),
                                              memory_budget=default("index_memory_budget"))
+                self._vectors.auto_refresh = auto
             return self._vectors
 
     @property
@@ -466,6 +477,9 @@ class Library:
 
     def run(self, request: SearchRequest) -> Candidates:
         """The pipeline's ranked candidates for a request (what `search` turns into hits)."""
+        bridged = switching.bridged(self)
+        if bridged is not None:   # mid-switch: the new model, both spaces (loupe/switch)
+            return bridged.run(request)
         if request.k < 1:
             raise QueryError(f"k must be at least 1, got {request.k}")
         stages = _stages(request.rerank)
@@ -559,8 +573,33 @@ class Library:
             # what the models loaded in this process run on (a server's warm text tower)
             "encoders": [runtime_info(e) for e in list(self._encoders.values())],
             "text": self.text_status(),
+            "switch": switching.status(self),
             "error_list": self.catalog.errors(),
         }
+
+    # --- switching models (loupe/switch) -----------------------------------------------------
+    def models(self) -> list[dict[str, Any]]:
+        """Every embedding space: model, weights, pixel pipeline, images embedded / total,
+        active, target of a switch, its bridge."""
+        return switching.models(self)
+
+    def add_model(self, name: str, weights: str | Path | None = None) -> tuple[int, bool]:
+        """The space of a model, created empty when new: (space id, created)."""
+        return switching.add_model(self, name, weights)
+
+    def switch_model(self, name: str, weights: str | Path | None = None) -> int:
+        """Make a model the target of a switch; `fill_switch` embeds and swaps."""
+        return switching.switch_model(self, name, weights)
+
+    def fill_switch(self, progress: Progress | None = None,
+                    options: IndexOptions | None = None) -> switching.FillReport:
+        """Carry on the switch under way: embed what the target lacks, fit the bridge, swap
+        atomically when complete. Interruptible: the next call continues."""
+        return switching.fill(self, progress, options=options)
+
+    def drop_model(self, name: str, weights: str | Path | None = None) -> dict[str, Any]:
+        """Delete a model's vectors and index files (never the active model's)."""
+        return switching.drop_model(self, name, weights)
 
 
 @contextmanager

@@ -49,6 +49,8 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("ocr_engine", "rapidocr",
             "OCR engine of `loupe index --ocr` (loupe.text.ocr registry; rapidocr needs [ocr])."),
     Setting("ocr_threads", 0, "Threads the OCR engine uses; 0 = up to 4, one per core."),
+    Setting("bridge_sample", 512, "Model switch: contents embedded by both models before the "
+            "bridge is fitted and searches use the new model."),
 )}
 
 

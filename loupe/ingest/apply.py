@@ -32,6 +32,7 @@ class IndexReport:
     outside_links: int = 0                                    # symlinks leaving the root: skipped
     error_list: list[tuple[str, str]] = field(default_factory=list)
     ocr: dict[str, Any] | None = None                        # the OCR pass (loupe.ingest.ocr)
+    switch: dict[str, Any] | None = None                     # a model switch it carried on
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "error_list"}
