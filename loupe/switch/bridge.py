@@ -20,10 +20,12 @@ own old vector among the held-out old vectors, ties broken by mean cosine) and r
 on the whole sample: the method kept is the one that measured best, and it is recorded.
 
 Scores through a bridge are not on the new space's scale (a mapped query is not a new-model
-vector). `calibrate` moves them there per query: with S the calibration sample (contents in
-both spaces), a bridged score s becomes mu_new + sigma_new * (s - mu_bridged) / sigma_bridged,
-where mu, sigma are the query's mean and spread of scores against S in the new space and
-through the bridge. The same images on both sides make the two distributions comparable.
+vector). `calibrate` moves them there per query: on the calibration sample S (contents in both
+spaces) the query has a bridged score and a new-space score for every content; the least-squares
+line from the first to the second (slope kept positive) turns any bridged score into the
+new-space score it predicts, E[s_new | s_bridged]. A bridge that agrees poorly with the new space
+for this query gets a flat line: its results are pulled towards the query's typical score and
+cannot outrank confident new-space matches.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import numpy as np
 METHODS = ("procrustes", "lstsq", "text-procrustes")
 HOLDOUT_SHARE = 0.25
 CALIBRATION_MAX = 512      # rows of S kept for per-query calibration
+MIN_SLOPE = 1e-3           # calibration: a bridge no better than chance still keeps its order
 RIDGE = 1e-3               # lstsq regulariser, relative to the mean squared norm of X_new
 
 
@@ -98,15 +101,18 @@ class Bridge:
 
     def calibrate(self, q_new: np.ndarray, bridged: np.ndarray) -> np.ndarray:
         """Bridged scores of one query (q_new's mapped vector against old vectors) on the new
-        space's scale for that query (see the module's docstring)."""
+        space's scale for that query: the least-squares line from the query's bridged scores
+        on the calibration sample to its new-space scores on the same contents (see the
+        module's docstring). The slope is kept positive, so the bridged order never flips."""
         q = np.asarray(q_new, np.float32).reshape(-1)
-        s_new = self.cal_new @ q
-        s_bri = self.cal_old @ self.to_old(q)
-        sd_new, sd_bri = float(s_new.std()), float(s_bri.std())
-        if sd_bri < 1e-6 or sd_new < 1e-6:   # a degenerate sample: shift only
-            return (np.asarray(bridged, np.float32) - s_bri.mean() + s_new.mean()).astype(np.float32)
-        z = (np.asarray(bridged, np.float32) - s_bri.mean()) / sd_bri
-        return (s_new.mean() + sd_new * z).astype(np.float32)
+        s_new = (self.cal_new @ q).astype(np.float64)
+        s_bri = (self.cal_old @ self.to_old(q)).astype(np.float64)
+        sd_bri, sd_new = float(s_bri.std()), float(s_new.std())
+        if sd_bri < 1e-9:   # a degenerate sample: shift only
+            return (np.asarray(bridged, np.float64) - s_bri.mean() + s_new.mean()).astype(np.float32)
+        slope = float(np.mean((s_bri - s_bri.mean()) * (s_new - s_new.mean()))) / sd_bri ** 2
+        slope = max(slope, MIN_SLOPE * max(sd_new, 1e-9) / sd_bri)
+        return (s_new.mean() + slope * (np.asarray(bridged, np.float64) - s_bri.mean())).astype(np.float32)
 
     def summary(self) -> dict[str, Any]:
         return {"method": self.method, "n": self.n, "dims": list(self.dims),

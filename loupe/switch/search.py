@@ -46,17 +46,22 @@ class TargetVectors(SpaceVectors):
 class BridgedStore:
     """The `Store` the pipeline reads mid-switch: queries are new-space vectors."""
 
-    def __init__(self, lib: Library, new: SpaceVectors, old: SpaceVectors, bridge: Bridge):
+    def __init__(self, lib: Library | None, new: SpaceVectors, old: SpaceVectors, bridge: Bridge):
+        # `lib` None: two galleries in memory (benchmarks/bridge.py), no filters, no pixels.
         self.lib = lib
         self.new = new
         self.old = old
         self.bridge = bridge
-        self._base = lib.store           # pixels, paths, caches: the library's own
+        self._base = lib.store if lib is not None else None   # pixels, paths, caches
 
     def search_vector(self, vec: np.ndarray, k: int, filters: Filters | None = None,
                       exclude: Iterable[int] = ()) -> Candidates:
         exclude = sorted(int(i) for i in exclude)
-        allowed = self.lib.catalog.filter_ids(filters) if filters and not filters.is_empty() else None
+        allowed = None
+        if filters is not None and not filters.is_empty():
+            if self.lib is None:
+                raise ValueError("filters need a library")
+            allowed = self.lib.catalog.filter_ids(filters)
         ids_n, s_n = self.new.search(vec, k, allowed=allowed, exclude=exclude)
         old_only = np.setdiff1d(self.old.ids(), self.new.ids(), assume_unique=True)
         if allowed is not None:
