@@ -597,6 +597,10 @@ class Library:
         atomically when complete. Interruptible: the next call continues."""
         return switching.fill(self, progress, options=options)
 
+    def switch_status(self) -> dict[str, Any] | None:
+        """The model switch under way (target, images embedded / total, bridge), or None."""
+        return switching.status(self)
+
     def drop_model(self, name: str, weights: str | Path | None = None) -> dict[str, Any]:
         """Delete a model's vectors and index files (never the active model's)."""
         return switching.drop_model(self, name, weights)

@@ -216,7 +216,8 @@ def create_app(lib: Library, token: str, *, max_upload_bytes: int = MAX_UPLOAD_B
     @app.get("/api/index", tags=["index"])
     def index_status() -> dict[str, Any]:
         """The background re-index: state, done, total, left; and the catalog's counts."""
-        return {**indexer.status(), **lib.counts(), "searchable": lib.searchable()}
+        return {**indexer.status(), **lib.counts(), "searchable": lib.searchable(),
+                "switch": lib.switch_status()}
 
     @app.post("/api/index", tags=["index"], status_code=202, dependencies=[Admin])
     def index_start() -> dict[str, Any]:

@@ -711,6 +711,12 @@ async function pollStatus() {
       const r = s.report;
       parts.push(`index updated: ${r.added} added, ${r.updated} updated, ${r.removed} removed`);
     }
+    if (s.switch) {   // a model switch: searches use the new model once its bridge is fitted
+      delay = Math.min(delay, 1500);
+      const w = s.switch;
+      parts.push(`switching to ${w.name}: ${fmt.format(w.embedded)} of ${fmt.format(w.total)} images embedded` +
+                 (w.bridge ? ` (searching with it through a ${w.bridge.method} bridge)` : ""));
+    }
     $("status").textContent = parts.join(" · ");
   } catch (err) {
     $("status").textContent = `Server unreachable: ${err.message}`;
