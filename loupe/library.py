@@ -700,5 +700,6 @@ def _mismatch_message(recorded: dict[str, Any], asked: dict[str, Any], path: Pat
         f"({recorded.get('source')}); you asked for {asked.get('model')}"
         + (f" ({asked['source']})" if asked.get("source") else "")
         + ". Vectors of different models cannot be compared: drop --model to use the library's, "
-        "or give a new --library for the other model."
+        "`loupe models switch` to move this library to the other model without downtime, "
+        "or give a new --library for it."
     )
