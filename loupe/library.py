@@ -477,9 +477,6 @@ class Library:
 
     def run(self, request: SearchRequest) -> Candidates:
         """The pipeline's ranked candidates for a request (what `search` turns into hits)."""
-        bridged = switching.bridged(self)
-        if bridged is not None:   # mid-switch: the new model, both spaces (loupe/switch)
-            return bridged.run(request)
         if request.k < 1:
             raise QueryError(f"k must be at least 1, got {request.k}")
         stages = _stages(request.rerank)
@@ -490,13 +487,17 @@ class Library:
             store: Any = CatalogStore(self.catalog, None, self.root, self.path)  # type: ignore[arg-type]
             query = Query(np.zeros(0, np.float32), text=str(request.text), filters=request.filters)
             return pipeline.run(query, store, request.k, channels="text")
-        store = self.store
+        # Mid-switch with a fitted bridge: the new model's query over both spaces (loupe/switch).
+        bridged = switching.bridged(self)
+        space = bridged.target if bridged is not None else None
+        store = bridged.store() if bridged is not None else self.store
         built = request
         if channels != "vector":   # the vectors read the words, not the quotes around a phrase
             from loupe.search.text import vector_text
 
             built = replace(request, text=vector_text(str(request.text)))
-        builder = QueryBuilder(lambda: self.tower(*_towers_for(request)), store, self.resolve)
+        builder = QueryBuilder(lambda: self.tower(*_towers_for(request), space=space), store,
+                               self.resolve)
         need_pixels = any(s.needs_pixels for s in stages)
         if request.liked or request.unliked:   # relevance feedback moves the query first
             from loupe.search.answers import with_feedback
@@ -507,11 +508,12 @@ class Library:
             query = builder.build(built, need_pixels=need_pixels)
         if channels != "vector":   # the text channel reads the query as typed
             query.text = str(request.text).strip()
-        self._give_text_bank(stages, query, store)
+        self._give_text_bank(stages, query, store, space)
         return pipeline.run(query, store, request.k, stages, request.rerank_depth, request.threshold,
                             channels=channels)
 
-    def _give_text_bank(self, stages: list[Any], query: Query, store: CatalogStore) -> None:
+    def _give_text_bank(self, stages: list[Any], query: Query, store: CatalogStore,
+                        space: int | None = None) -> None:
         """Stages that calibrate a text query against typical queries (cut-off, hubness) get
         the bank of generic captions, encoded once per space and index generation."""
         needy = [s for s in stages if hasattr(s, "text_bank") and s.text_bank is None]
@@ -522,10 +524,11 @@ class Library:
 
         if not is_text_query(query):
             return
-        key = (self._space_id(), self.vectors_of_space.snapshot().generation)
+        key = (space or self._space_id(), self.vectors_of_space.snapshot().generation)
         if self._text_bank is None or self._text_bank[0] != key:
             # the captions' vectors come from the library's cache after the first time
-            self._text_bank = (key, text_bank(self.tower("text").encode_text, store, key[0]))
+            self._text_bank = (key, text_bank(self.tower("text", space=space).encode_text, store,
+                                              key[0]))
         if self._text_bank[1].hubs is None and any(getattr(s, "mode", "full") != "full"
                                                    for s in needy):
             self._text_bank[1].hubs = activation_set(store, self._text_bank[1])

@@ -140,7 +140,8 @@ def add_model(lib: Library, name: str, weights: str | Path | None = None) -> tup
         raise LibraryError("this library has no model yet: index it first (`loupe index FOLDER "
                            "--model NAME`); `loupe models add` adds a second model")
     with lib.writing():
-        enc = load_encoder(name, weights, lib.device, towers=("image",))
+        enc = load_encoder(name, weights, lib.device, towers=("image",), backend=lib.backend,
+                           precision=lib.precision)
         identity = {**enc.identity, "model_name": name,
                     "weights_path": str(Path(weights).resolve()) if weights else None}
         known = lib.catalog.space_for(identity)

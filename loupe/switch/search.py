@@ -17,9 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from loupe.core.types import Candidates, Filters, SearchRequest
-from loupe.search import pipeline
-from loupe.search.query import QueryBuilder
+from loupe.core.types import Candidates, Filters
 from loupe.storage.vectors import Snapshot, SpaceVectors
 from loupe.switch.bridge import Bridge
 
@@ -61,7 +59,7 @@ class BridgedStore:
         if filters is not None and not filters.is_empty():
             if self.lib is None:
                 raise ValueError("filters need a library")
-            allowed = self.lib.catalog.filter_ids(filters)
+            allowed = self.lib.catalog.filter_ids(filters, searchable=False)
         ids_n, s_n = self.new.search(vec, k, allowed=allowed, exclude=exclude)
         old_only = np.setdiff1d(self.old.ids(), self.new.ids(), assume_unique=True)
         if allowed is not None:
@@ -89,6 +87,13 @@ class BridgedStore:
             out[~have] = self.bridge.to_new(self.old.vectors(ids[~have]))
         return out
 
+    def __getattr__(self, name: str) -> Any:
+        # The rest of the Store (records, pixels, caches, the full-text index): the library's own.
+        base = self.__dict__.get("_base")
+        if base is None:
+            raise AttributeError(name)
+        return getattr(base, name)
+
     def record(self, image_id: int) -> dict[str, Any]:
         return self._base.record(image_id)
 
@@ -103,41 +108,17 @@ class BridgedStore:
 
 
 class BridgedSearch:
-    """`Library.run` mid-switch: the new model's towers, the bridged store, the same pipeline."""
+    """What `Library.run` uses mid-switch: the target space (whose towers encode the query)
+    and the bridged store; the rest of the search is the library's own path."""
 
     def __init__(self, lib: Library, target: int, bridge: Bridge, key: tuple[int, str]):
         self.lib = lib
         self.target = target
         self.bridge = bridge
         self.key = key
-        self._text_bank: tuple[int, Any] | None = None
 
     def store(self) -> BridgedStore:
         from loupe.switch import target_vectors
 
         return BridgedStore(self.lib, target_vectors(self.lib, self.target),
                             self.lib.vectors_of_space, self.bridge)
-
-    def run(self, request: SearchRequest) -> Candidates:
-        from loupe.core.errors import QueryError
-        from loupe.library import _stages, _towers_for
-
-        if request.k < 1:
-            raise QueryError(f"k must be at least 1, got {request.k}")
-        stages = _stages(request.rerank)
-        store = self.store()
-        towers = _towers_for(request)
-        query = QueryBuilder(lambda: self.lib.tower(*towers, space=self.target), store,
-                             self.lib.resolve).build(request, need_pixels=any(s.needs_pixels for s in stages))
-        needy = [s for s in stages if hasattr(s, "text_bank") and s.text_bank is None]
-        if needy:   # the caption bank in the query's space (the new model's text tower)
-            from loupe.search.stages.hubness import is_text_query, text_bank
-
-            if is_text_query(query):
-                gen = self.lib.catalog.generation()
-                if self._text_bank is None or self._text_bank[0] != gen:
-                    tower = self.lib.tower("text", space=self.target)
-                    self._text_bank = (gen, text_bank(tower.encode_text, store))
-                for stage in needy:
-                    stage.text_bank = self._text_bank[1]
-        return pipeline.run(query, store, request.k, stages, request.rerank_depth, request.threshold)
