@@ -297,7 +297,7 @@ def main() -> None:
     args = ap.parse_args()
     seeds = 1 if args.quick else 3
     load_before = [round(x, 2) for x in os.getloadavg()]
-    result: dict[str, Any] = {"command": "python benchmarks/bridge.py" + (" --quick" if args.quick else ""),
+    result: dict[str, Any] = {"command": "python benchmarks/bridge.py " + " ".join(sys.argv[1:]),
                               "weights": "random (no trained weights can be downloaded here)",
                               "machine": machine(), "load_average_before": load_before}
     tmp = Path(tempfile.mkdtemp(prefix="loupe-bridge-"))
@@ -309,8 +309,11 @@ def main() -> None:
                  "sacre_coeur": (c_paths, c_groups, list(s_paths) + crops(s_paths, 2, 1))}
         old = Embedder(OLD)
         result["quality"] = {}
-        if args.timing_only:
-            result["quality"] = json.loads(args.out.read_text())["quality"]
+        if args.timing_only:   # the quality part as measured before, with that run's load
+            before = json.loads(args.out.read_text())
+            result["quality"] = before["quality"]
+            result["quality_run"] = before.get("quality_run") or {
+                k: before.get(k) for k in ("command", "load_average_before", "load_average_after")}
         for pair, new in () if args.timing_only else (("related", Embedder("loupe-tiny", weights)), ("unrelated", Embedder(UNRELATED))):
             print(f"{pair}: {OLD} -> {new.enc.identity['model']}", flush=True)
             result["quality"][pair] = {"old": OLD, "new": new.enc.identity["model"],
