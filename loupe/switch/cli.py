@@ -27,7 +27,7 @@ models_app = typer.Typer(
     "Examples:\n\n"
     "  loupe models\n\n"
     "  loupe models switch ViT-L-14:datacomp_xl_s13b_b90k\n\n"
-    "  loupe models switch ViT-B-16 --weights ~/models/finetuned.pt --later   # `loupe index` fills\n\n"
+    "  loupe models switch ViT-B-16 --weights ~/models/finetuned.pt --later\n\n"
     "  loupe models drop ViT-B-32:laion2b_s34b_b79k",
     invoke_without_command=True,
     no_args_is_help=False,
@@ -44,7 +44,7 @@ FormatOpt = Annotated[str, typer.Option(
     "--format", "-f", help=f"Output: {', '.join(FORMATS)}.", metavar="FORMAT")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.", metavar="DEVICE")]
 NameArg = Annotated[str, typer.Argument(help="The model: ARCH:TAG, ARCH with --weights, or a space id "
-                                        "from `loupe models`.", show_default=False)]
+                                        "from `loupe models`.", show_default=False, metavar="NAME")]
 
 
 def register(app: typer.Typer) -> None:
