@@ -299,20 +299,28 @@ def test_drop_a_target_ends_the_switch(library, perturbed):
 
 # --- kill -9 at random points ------------------------------------------------------------------
 
-# Runs `loupe models ...` with commit number K of the fill followed by a long pause, announced by
-# a marker file: the test kills the process there (mid-fill by construction).
+# Runs `loupe models ...` with a long pause announced by a marker file, where the test kills the
+# process: after commit number K of the fill ("commit"), or inside the model call of batch K,
+# its vectors computed and not committed ("embed").
 _PAUSING = """
 import pathlib, sys, time
 import loupe.switch as switch
-marker, k, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-commit, done = switch.commit_vectors, []
-def pausing(*a, **kw):
-    commit(*a, **kw)
-    done.append(1)
-    if len(done) == k:
-        pathlib.Path(marker).touch()
-        time.sleep(600)
-switch.commit_vectors = pausing
+import loupe.ingest.embed as emb
+marker, where, k, args = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+calls = []
+def pausing(fn):
+    def wrapped(*a, **kw):
+        out = fn(*a, **kw)
+        calls.append(1)
+        if len(calls) == k:
+            pathlib.Path(marker).touch()
+            time.sleep(600)
+        return out
+    return wrapped
+if where == "commit":
+    switch.commit_vectors = pausing(switch.commit_vectors)
+else:
+    emb.embed = pausing(emb.embed)
 sys.argv = ["loupe", *args]
 from loupe.cli import main
 main()
@@ -333,18 +341,19 @@ def test_a_switch_killed_at_random_points_resumes_complete(library, perturbed, t
     base = ["--batch-size", "4", "--workers", "1"]
     first = ["models", "switch", "loupe-tiny", "--weights", str(perturbed), *base]
     committed = 0
-    for attempt, args in enumerate([first, ["models", "fill", *base]]):
-        k = rng.randint(1, 4)                 # batches of 4 committed before the kill
+    for attempt, (where, args) in enumerate([("commit", first), ("embed", ["models", "fill", *base])]):
+        k = rng.randint(1, 4)                 # batches of 4 committed before the kill (+1 in flight)
         marker = tmp_path / f"paused-{attempt}"
-        proc = subprocess.Popen([sys.executable, "-c", _PAUSING, str(marker), str(k), *args],
+        proc = subprocess.Popen([sys.executable, "-c", _PAUSING, str(marker), where, str(k), *args],
                                 cwd=library, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         while not marker.exists() and proc.poll() is None:
             time.sleep(0.05)
         assert marker.exists(), proc.communicate()[1].decode()
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        assert _vector_count(db, 2) == committed + 4 * k, (attempt, k)   # every committed batch kept
-        committed += 4 * k
+        batches = k if where == "commit" else k - 1     # the batch in the model call is lost
+        assert _vector_count(db, 2) == committed + 4 * batches, (where, k)   # every commit kept
+        committed += 4 * batches
     resumed = subprocess.run([sys.executable, "-m", "loupe.cli", "models", "fill", "--json", *base],
                              cwd=library, env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
