@@ -325,6 +325,12 @@ def index(
         for path, why in [(e["path"], e["error"]) for e in o["skipped"][:20]]:
             err.print(f"  [yellow]text not read[/] {escape(printable(path))}: {escape(printable(why))}",
                       highlight=False)
+    if report.switch is not None:   # a model switch carried on (loupe/switch)
+        sw = report.switch
+        err.print(f"model switch: {sw['embedded']} images embedded with the new model; "
+                  + ("it is now the active model" if sw["switched"] else
+                     f"{len(sw['stale']) + len(sw['errors'])} files changed or unreadable"),
+                  highlight=False)
     err.print(f"library: {escape(printable(str(lib.path)))}")
 
 

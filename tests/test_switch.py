@@ -271,15 +271,25 @@ def test_the_swap_waits_for_every_image_and_index_finishes_it(library, perturbed
     with pytest.raises(Stop):
         lib.fill_switch(stop_after(8), IndexOptions(batch_size=8))
     assert lib.catalog.active_space() == 1
-    report = lib.index(IndexOptions(batch_size=8))                       # indexes, then carries on
-    assert report.added == 1 and report.switch["switched"]
-    assert report.switch["embedded"] == N + 1 - 8                        # N + new.png, minus one batch
+    r = cli("index", str(library), "--batch-size", "8", "--json")        # indexes, then carries on
+    report = json.loads(r.stdout)
+    assert report["added"] == 1 and report["switch"]["switched"]
+    assert report["switch"]["embedded"] == N + 1 - 8                     # N + new.png, minus one batch
     assert lib.catalog.active_space() == 2 and lib.stats()["switch"] is None
-    models = lib.models()
-    assert models[1]["active"] and models[1]["embedded"] == models[1]["total"] == N + 2
     vec = lib.vectors([lib.resolve("a/new.png")])[0]
     np.testing.assert_allclose(vec, encode_files("loupe-tiny", perturbed, [library / "a" / "new.png"])[0],
                                atol=1e-5)
+    # and back: the first model's space only lacks what arrived since; that is all it embeds
+    make_image(library / "a" / "newer.png", seed=1000)
+    lib.switch_model(TINY)
+    r = cli("index", str(library), "--batch-size", "8", cwd=library)
+    assert "model switch: 1 images embedded with the new model; it is now the active model" in r.stderr
+    assert lib.catalog.active_space() == 1 and lib.stats()["switch"] is None
+    models = lib.models()
+    assert models[0]["active"] and models[0]["embedded"] == models[0]["total"] == N + 3
+    assert models[1]["embedded"] == N + 3
+    vec = lib.vectors([lib.resolve("a/newer.png")])[0]
+    np.testing.assert_allclose(vec, encode_files(TINY, None, [library / "a" / "newer.png"])[0], atol=1e-5)
 
 
 def test_drop_a_target_ends_the_switch(library, perturbed):
