@@ -3,8 +3,8 @@
 Part `ingest` (real photos from ../shared/data, ViT-B-32 with seeded random weights, the model
 backend `load_encoder` picks on this CPU for both paths): the same photos indexed into a fresh
 library by `Library.index` (local: a thread pool decodes, the model runs on every core) and by
-`run_index_ray` on a local Ray instance with this machine's cores (map tasks decode, one actor
-embeds). The two are run in turns (--rounds), so a change of machine load hits both. Per run:
+`Library.index(runner="ray")` on a local Ray instance with this machine's cores (map tasks
+decode, one actor embeds). The two are run in turns (--rounds), so a change of machine load hits both. Per run:
 end-to-end seconds (model already loaded for the local path; the Ray actors load theirs inside
 the run, as they must), and the steady rate between the first and the last commit. The Ray
 start-up (`ray.init`) is timed apart.
@@ -113,8 +113,7 @@ def bench_ingest(args) -> dict:
     import ray
 
     from loupe import IndexOptions, Library
-    from loupe.ingest import plan
-    from loupe.ingest.ray_runner import connect, run_index_ray
+    from loupe.ingest.ray_runner import connect
 
     before = machine()
     work = Path(tempfile.mkdtemp(prefix="loupe-scale-"))
@@ -164,16 +163,8 @@ def bench_ingest(args) -> dict:
             if kind == "local":
                 report = lib.index(options, progress=timed_progress(marks))
             else:
-                with lib.writing():
-                    todo = plan(lib.catalog, lib.root, options)
-                    report = run_index_ray(
-                        lib.catalog, todo, lib.root, options,
-                        space=lambda lib=lib: lib.catalog.active_space(),
-                        encoder=lambda lib=lib: lib.encoder,
-                        image_size=int(lib.identity["image_size"]), model=lib.model,
-                        weights=lib.weights, actors=1, cpus_per_actor=1.0,
-                        progress=timed_progress(marks))
-                    lib.save_vectors()
+                report = lib.index(options, progress=timed_progress(marks), runner="ray",
+                                   ray_options={"actors": 1, "cpus_per_actor": 1.0})
             secs = time.perf_counter() - t
             assert report.embedded == len(paths), report.to_dict()
             runs[kind].append({"seconds": round(secs, 2), "img_s": round(len(paths) / secs, 2),
