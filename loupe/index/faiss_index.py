@@ -36,11 +36,14 @@ EF_SEARCH_MAX = 4096
 # scored directly. SQ_CHUNK codes are decoded at a time (2 MiB of float32 at 512-d).
 SQ_SHORTLIST = 64
 # The planner's threshold on SQ8 kinds (FILTER_EXACT_MAX_ROWS in base.py is for kinds that score
-# full-precision rows). benchmarks/filtered.py, 1M x 512, single-threaded, load average ~10:
-#   allowed   1k: 1.5 ms (CPU 1.4)   10k: 24 ms (CPU 7.4)   100k: 182 ms (CPU 44)
-# with 64 full-precision rows read per query; the ANN with a selector took 119-237 ms over the
-# same range (benchmarks/ann.py "planner", HNSW32,SQ8,Refine at 1M, load ~10) and is not exact.
-FILTER_EXACT_MAX_ROWS_SQ8 = 100_000
+# full-precision rows). benchmarks/filtered.py on the HNSW32,SQ8,Refine index of 1M x 512 that
+# benchmarks/search.py builds, single-threaded, both paths in one run, p50 ms (load ~3.5):
+#   allowed    1k: exact 1.6 / ANN+selector 26.4 (recall@10 0.667)
+#             10k: exact 5.3 / 25.1 (0.943)      30k: exact 13.4 / 25.4 (0.957)
+#            100k: exact 36.6 / 15.4 (0.983)    300k: exact 90.2 / 18.1 (0.980)
+# Exact grows with the allowed count (~0.33 ms per 1k rows), the ANN with a selector gets
+# cheaper as the selector passes more; the lines cross near 55k. Below, the answer is also exact.
+FILTER_EXACT_MAX_ROWS_SQ8 = 50_000
 SQ_MIN_ROWS = 512
 SQ_CHUNK = 1024
 # Slack added to the error bound for float32 rounding in both scores (|score| <= |q|).
