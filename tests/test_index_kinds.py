@@ -528,3 +528,30 @@ def test_filtered_and_recall_at_100k(spec):
             assert_same_topk(got, scores, *ref)
         else:
             assert recall(got, ref[0]) >= 0.95
+
+
+@pytest.mark.parametrize("spec", ["HNSW32,SQ8,Refine", "Flat"])
+def test_changes_to_a_mapped_index_stay_outside_it_until_saved(built, spec, tmp_path):
+    built[spec].save(tmp_path / "ix")
+    index = load(tmp_path / "ix", mmap=True)
+    structure = index.faiss_index
+    new = clustered(40, seed=41)
+    new_ids = np.arange(40, dtype=np.int64) * 7 + 5              # not among IDS
+    index.add(new_ids, new)
+    index.add(IDS[3:4], new[:1] * -1)                            # a replaced id
+    index.remove(IDS[10:20])
+    assert index.faiss_index is structure and structure.ntotal == N   # nothing re-read
+    live_ids = np.concatenate([np.delete(IDS, np.r_[3, 10:20]), new_ids, IDS[3:4]])
+    live_x = np.concatenate([np.delete(X, np.r_[3, 10:20], axis=0), new, -new[:1]])
+    got, _ = index.search(new, 1)
+    assert np.array_equal(got[:, 0], new_ids)
+    allowed = np.sort(np.concatenate([IDS[::3], new_ids[::2]]))
+    got, scores = index.search(Q, K, allowed=allowed)
+    keep = np.isin(live_ids, allowed)
+    assert_same_topk(got, scores, *numpy_topk(Q, live_x[keep], live_ids[keep]))
+    if spec == "Flat":
+        assert_same_topk(*index.search(Q, K), *numpy_topk(Q, live_x, live_ids))
+    index.save(tmp_path / "ix")                                   # the save takes them in
+    assert index.faiss_index.ntotal == N + 41
+    again = load(tmp_path / "ix")
+    np.testing.assert_array_equal(again.search(Q, K, allowed=allowed)[0], got)

@@ -15,7 +15,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from loupe.index.base import IndexBase, topk
+from loupe.index.base import IndexBase, merge_topk, topk
 
 # Search-time defaults, chosen with benchmarks/ann.py, which sweeps them and keeps the fastest
 # setting with recall@10 >= 0.95 on 1M x 512 clustered vectors (results/ann.json, "sweep"):
@@ -28,6 +28,13 @@ K_FACTOR = {"hnsw": 2, "ivf": 20, "faiss": 4}
 # A selector that passes a share s of positions makes HNSW visit ~1/s times more nodes for the
 # same number of hits, so efSearch is divided by s (capped); IVF probes nprobe / sqrt(s) lists.
 EF_SEARCH_MAX = 4096
+
+# A memory-mapped FAISS structure (a saved index opened by a serving process) is read-only:
+# adding to it means reading all of it into RAM first (16.3 s and 748 MiB at 1M, measured by
+# benchmarks/search.py's refresh after a 32-image batch). Up to DELTA_MAX_ROWS rows added to a
+# mapped index stay outside it instead, in the in-RAM tail, and are scored exactly next to the
+# ANN's answer (20k rows x 512-d: ~5 ms); the next save or compaction takes them in.
+DELTA_MAX_ROWS = 20_000
 
 # Filtered exact search on SQ8 kinds (see FaissIndex._exact_pos): allowed rows are scored on their
 # 8-bit codes (a quarter of the bytes of the full-precision rows, and already in RAM as the HNSW
@@ -121,6 +128,9 @@ class FaissIndex(IndexBase):
             self._mapped_from = None
 
     def _ann_add(self, rows: np.ndarray, start: int) -> None:
+        if self._mapped_from is not None and self._index.ntotal \
+                and len(self._rows) - self._index.ntotal <= DELTA_MAX_ROWS:
+            return      # kept outside the mapped structure: see DELTA_MAX_ROWS
         self._sync()
 
     def _sync(self) -> None:
@@ -170,8 +180,19 @@ class FaissIndex(IndexBase):
     # -- search ------------------------------------------------------------------------------
 
     def _ann_search(self, q: np.ndarray, k: int, bits, frac: float):
-        if self._index.ntotal < len(self._alive):   # not trained yet: exact
+        n_ann, total = self._index.ntotal, len(self._alive)
+        if n_ann == 0 or (n_ann < total and self._mapped_from is None):   # not trained yet
             return super()._ann_search(q, k, bits, frac)
+        best = self._faiss_search(q, k, bits, frac)
+        if n_ann < total:       # rows added since the mapped structure was saved: exactly
+            keep = (self._alive if bits is None else np.unpackbits(
+                bits, bitorder="little", count=total).astype(bool))[n_ann:]
+            delta = n_ann + np.flatnonzero(keep)
+            if len(delta):
+                best = merge_topk(best, IndexBase._exact_pos(self, q, k, delta), k)
+        return best
+
+    def _faiss_search(self, q: np.ndarray, k: int, bits, frac: float):
         kk = k * self.k_factor
         sel = None
         if bits is not None:
@@ -229,11 +250,16 @@ class FaissIndex(IndexBase):
         At 1M x 512, 10k allowed rows: see FILTER_EXACT_MAX_ROWS.
         """
         sq = _sq8(self._index) if len(pos) >= SQ_MIN_ROWS else None
-        if sq is None or self._index.ntotal < len(self._alive) or self._residuals() is None:
+        n_ann = self._index.ntotal
+        if sq is None or self._residuals() is None:
             return super()._exact_pos(q, k, pos)
         codes, vmin, vdiff = sq
-        out = [self._exact_pos_sq(q[i], k, pos, codes, vmin, vdiff) for i in range(len(q))]
-        return np.stack([o[0] for o in out]), np.stack([o[1] for o in out])
+        head, delta = pos[pos < n_ann], pos[pos >= n_ann]     # delta: see DELTA_MAX_ROWS
+        out = [self._exact_pos_sq(q[i], k, head, codes, vmin, vdiff) for i in range(len(q))]
+        best = np.stack([o[0] for o in out]), np.stack([o[1] for o in out])
+        if len(delta):
+            best = merge_topk(best, super()._exact_pos(q, k, delta), k)
+        return best
 
     def _exact_pos_sq(self, q: np.ndarray, k: int, pos: np.ndarray, codes: np.ndarray,
                       vmin: np.ndarray, vdiff: np.ndarray):
@@ -247,6 +273,8 @@ class FaissIndex(IndexBase):
         norm = float(np.linalg.norm(q))
         upper = approx + (norm * self._resid[pos] + (const + SQ_ROUNDING * max(1.0, norm)))
         m = len(pos)
+        if m == 0:
+            return np.full(k, -1, np.int64), np.full(k, -np.inf, np.float32)
         kk = min(m, max(SQ_SHORTLIST, 4 * k))
         while True:
             short = np.argpartition(-upper, kk - 1)[:kk] if kk < m else np.arange(m)
