@@ -148,6 +148,29 @@ print(json.dumps(out))
         assert np.abs(np.array(out[backend]["v"]) - want).max() < 1e-5
 
 
+def test_a_runtime_decided_before_imports_no_openvino(exported, tmp_path):
+    """Once this CPU measured ONNX Runtime faster, a text query does not import OpenVINO."""
+    from loupe.models.cache import write_json
+    from loupe.models.device import cpu_info
+
+    cache, folder, _ = exported
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    manifest = read_manifest(copy / folder.name)
+    manifest.setdefault("speed", {})[str(cpu_info()["model"])] = {
+        t: {"onnxruntime": 10.0, "openvino": 5.0} for t in ("image", "text")}
+    write_json(copy / folder.name / "manifest.json", manifest)
+    code = (f"import sys; from loupe.models import load_encoder; "
+            f"enc = load_encoder({TINY!r}, device='cpu', towers=('text',), cache_dir={str(copy)!r}); "
+            "print(enc.backend, 'openvino' in sys.modules)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env.pop("LOUPE_BACKEND", None)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["onnxruntime", "False"]
+
+
 def test_cache_found_through_the_environment(exported, monkeypatch):
     cache, _, _ = exported
     import loupe.models.export as export

@@ -258,11 +258,14 @@ def _fastest_runtime(folder: Path, towers: frozenset[str], threads: int | None) 
     does not pay for measuring its tower."""
     from loupe.models.openvino import available
 
-    if not available():
-        return "onnxruntime"
     tower = "image" if "image" in towers else "text"
     cpu = str(cpu_info()["model"])
     manifest = read_manifest(folder) or {}
+    measured = manifest.get("speed", {}).get(cpu, {}).get(tower)
+    if measured and measured["openvino"] < OPENVINO_MIN_SPEEDUP * measured["onnxruntime"]:
+        return "onnxruntime"  # decided before: no need to import OpenVINO (a quarter second)
+    if not available():
+        return "onnxruntime"
     if tower not in manifest.get("speed", {}).get(cpu, {}):
         others = [t for t in ("image", "text")
                   if t != tower and tower_status(manifest, t) == "ok"]
