@@ -4,6 +4,7 @@ and the CUDA path's device selection (checked without a GPU)."""
 from __future__ import annotations
 
 import json
+import threading
 from types import SimpleNamespace
 
 import pytest
@@ -228,12 +229,24 @@ def test_a_new_library_prepares_pixels_from_an_earlier_export(tmp_path, monkeypa
     assert peek_identity(TINY) == ref.identity
 
     seen = _record_prepares_before_the_model(monkeypatch)
+    callers = []
+    real_tower = Library.tower
+
+    def tower(self, *towers):
+        callers.append(threading.current_thread().name)
+        return real_tower(self, *towers)
+
+    monkeypatch.setattr(Library, "tower", tower)
     root = tmp_path / "photos"
     make_folder(root, 12)
     lib = Library.open(root / ".loupe", model=TINY, device="cpu", backend="torch")
     report = lib.index()
     assert report.added == 12 and report.errors == 0
-    assert seen["at_load"] >= 1       # decode threads prepared pixels before the model was asked for
+    assert seen["prepared"] == 12
+    # the decode threads prepared pixels from the recorded identity, never asking for (and
+    # waiting on) the model, which loaded in the background from the start
+    assert callers and not any(name.startswith("loupe-decode") for name in callers)
+    assert "loupe-model-load" in callers
     # and the vectors are the model's own on those pixels
     from PIL import Image
 

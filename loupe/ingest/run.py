@@ -11,6 +11,7 @@ for only when the first new content needs it: a run where nothing changed loads 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -69,6 +70,12 @@ def run_index(catalog: Catalog, plan: Plan, root: Path, options: IndexOptions, *
 
     workers = options.workers or max(2, os.cpu_count() or 2)
     batches = Batches(catalog, state, report, root, options, total, progress, embed=embed)
+    if quick and state.space < 0 and plan.todo:
+        # A new library: every file is new content, so the model will be needed. It loads in
+        # the background while the decode threads start (its errors surface again, and are
+        # reported, when the first batch asks for it).
+        threading.Thread(target=_load_quietly, args=(encoder,), name="loupe-model-load",
+                         daemon=True).start()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="loupe-decode") as pool:
         try:
             for item in _ordered(pool, work, plan.todo, window=options.batch_size * 2 + workers):
@@ -165,6 +172,13 @@ def finish(catalog: Catalog, plan: Plan, report: IndexReport, started: float,
         report.seconds = time.perf_counter() - started
         catalog.set_meta("last_index", {"finished_at": time.time(), **meta, **report.to_dict()}, db=db)
     return report
+
+
+def _load_quietly(encoder: Callable[[], Any]) -> None:
+    try:
+        encoder()
+    except BaseException:  # noqa: BLE001 - the first batch asks again and reports it
+        pass
 
 
 def _same_pixels(enc: Any, identity: dict[str, Any] | None) -> None:
