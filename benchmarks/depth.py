@@ -1,7 +1,7 @@
 """Gain versus rerank depth on real photos, over a first stage that genuinely retrieves.
 
-    flock /tmp/loupe-bench.lock python benchmarks/depth.py        # about 30 min on 2 busy cores
-    python benchmarks/depth.py --depths 5,20 --stride 4 --learned-queries 0   # a quick look
+    flock /tmp/loupe-bench.lock python benchmarks/depth.py        # 11 min on 2 shared cores
+    python benchmarks/depth.py --depths 5,20 --stride 4 --learned-queries 0 --compare ""   # a quick look
 
 The question: how much does spatial verification add as it looks deeper into the first
 stage's list (M = 5, 10, 20, 50, all), and what does each depth cost per query? The answer
@@ -18,7 +18,10 @@ be downloaded here, so the first stage is a classical, training-free global desc
 - `histogram`: the colour histogram of benchmarks/rerank.py (HSV 8x4x4, square-rooted), a
   weak first stage, for contrast.
 
-Measured before settling on VLAD (same ground truth, crop queries): see the README.
+`--compare` also scores each candidate first stage alone on the same queries
+(`first_stage_alone` in the JSON): VLAD retrieves by content; the colour histogram does well
+on the Strecha crops only because the scenes differ in colour, and fails on copies; a
+ResNet-50 with random weights is near useless.
 
 Database: every Strecha photo (93) and every Sacre Coeur photo (10 originals, 70 rotated,
 70 scaled copies): 243 images. Queries (`--stride` keeps every n-th):
