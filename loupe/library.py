@@ -170,7 +170,9 @@ class Library:
         no torch."""
         want = frozenset(towers)
         with self._model_lock:
-            space = self.catalog.active_space() if space is None else space
+            active = self.catalog.active_space()
+            other = space is not None and space != active   # a switch's target, not the user's model
+            space = active if space is None else space
             for (of, have), enc in self._encoders.items():
                 if of == space and want <= have:
                     return enc
@@ -180,7 +182,7 @@ class Library:
                 spec = ModelSpec.parse(self.model, self.weights)
                 if spec.weights is None:
                     ensure_downloadable(spec.arch, spec.tag)
-            elif recorded.get("model_name", self.model) != self.model:  # another space's model
+            elif other:   # another space's model, named by what that space recorded
                 name, weights = recorded["model_name"], recorded.get("weights_path")
             enc = load_encoder(name, weights, self.device, towers=sorted(want),
                                backend=self.backend, precision=self.precision)
