@@ -273,7 +273,13 @@ class Catalog:
                  "active": r["id"] == active} for r in rows]
 
     def space(self, space: int) -> dict[str, Any] | None:
-        return next((s for s in self.spaces() if s["id"] == space), None)
+        """One space's identity and state, without counting its vectors (`spaces()` counts):
+        the search path reads this on every query, and a count walks the space's rows."""
+        r = self.db.execute("SELECT * FROM spaces WHERE id = ?", (space,)).fetchone()
+        if r is None:
+            return None
+        return {**dict(r), "identity": json.loads(r["identity"]), "state": json.loads(r["state"]),
+                "active": r["id"] == self.active_space()}
 
     def active_space(self) -> int | None:
         value = self.get_meta("active_space")
