@@ -170,3 +170,33 @@ def test_a_text_query_loads_only_the_text_tower_and_no_torch(tmp_path):
     assert all(r.returncode == 0 for r in runs), runs[-1].stderr
     # the first text query exports the text tower once (torch); every later one needs none
     assert json.loads(runs[1].stdout) == [3, False, False, ["text"], "onnxruntime"]
+
+
+def test_catch_up_follows_deletes_failures_and_rewrites(tmp_path):
+    # A second process's snapshot catches up row by row (no rebuild): it must end holding
+    # exactly the catalog's searchable rows after deletions, a file that now fails to
+    # decode, a file whose content changed, and a new file.
+    root = tmp_path / "photos"
+    make_folder(root, 8)
+    writer = Library.open(root / ".loupe", model=TINY, device="cpu")
+    writer.index()
+    reader = Library.open(root / ".loupe", device="cpu")
+    before = reader.vectors_of_space.snapshot()
+    assert sorted(before.index.ids.tolist()) == sorted(writer.resolve(f"img{i:04d}.png")
+                                                          for i in range(8))
+    changed = writer.resolve("img0003.png")
+    (root / "img0001.png").unlink()                                      # deleted
+    (root / "img0002.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)  # now fails
+    make_folder(root, 1, start=50)[0].replace(root / "img0003.png")     # new content, same path
+    make_folder(root, 1, start=9)                                        # a new file
+    writer.index(IndexOptions(prune=True))
+    reader.refresh()
+    snap = reader.vectors_of_space.snapshot()
+    assert snap.index is before.index                   # caught up in place, not rebuilt
+    want = writer.catalog.searchable_ids(writer.catalog.active_space())
+    assert sorted(snap.index.ids.tolist()) == want.tolist()
+    assert writer.resolve("img0002.png") not in want and changed in want
+    got = reader.search(like="img0003.png", k=1)
+    assert got == [] or got[0].id != changed            # itself excluded, its new vector used
+    v = snap.index.vectors(np.array([changed]))[0]
+    assert np.allclose(v, writer.vectors(np.array([changed]))[0], atol=1e-6)
