@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import cli
+from conftest import cli, served
 
 from loupe.core.types import Candidates, Query, SearchRequest
 from loupe.search import pipeline
@@ -408,31 +408,15 @@ def test_api_dups_lists_groups_read_only(api, photos) -> None:
 
 @pytest.fixture(scope="module")
 def live(photos):
-    import socket
-    import threading
-    import time
     from types import SimpleNamespace
-
-    import uvicorn
 
     from loupe import Library
     from loupe.server import create_app
 
     root, groups = photos
     lib = Library.open(root / ".loupe")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(uvicorn.Config(create_app(lib, TOKEN), log_level="warning"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    end = time.monotonic() + 30
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < end, "uvicorn did not start"
-        time.sleep(0.05)
-    yield SimpleNamespace(url=f"http://127.0.0.1:{sock.getsockname()[1]}", lib=lib, groups=groups)
-    srv.should_exit = True
-    thread.join(timeout=30)
-    sock.close()
+    with served(create_app(lib, TOKEN)) as url:
+        yield SimpleNamespace(url=url, lib=lib, groups=groups)
     lib.close()
 
 

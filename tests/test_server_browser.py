@@ -9,9 +9,6 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
-import uvicorn
+from conftest import served
 from PIL import Image
 
 from loupe.library import Library
@@ -57,20 +54,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace
     lib = Library.open(root / ".loupe", model="loupe-tiny:random", device="cpu")
     lib.index()
     app = create_app(lib, TOKEN, allowed_hosts=["127.0.0.1"])
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))  # a free port, held until uvicorn takes the socket over
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    end = time.monotonic() + 30
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < end, "uvicorn did not start"
-        time.sleep(0.05)
-    yield SimpleNamespace(url=f"http://127.0.0.1:{port}", root=root, lib=lib)
-    srv.should_exit = True
-    thread.join(timeout=30)
-    sock.close()
+    with served(app) as url:
+        yield SimpleNamespace(url=url, root=root, lib=lib)
     lib.close()
 
 

@@ -3,14 +3,11 @@ answering, and the re-index button finishes the switch (the server's indexer car
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
-import uvicorn
+from conftest import served
 from test_server_browser import TIMEOUT_MS, TOKEN, browser, make_image  # noqa: F401 - fixture
 
 from loupe import IndexOptions
@@ -46,20 +43,8 @@ def switching_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simpl
     with pytest.raises(Stop):
         lib.fill_switch(stop_at_16, IndexOptions(batch_size=8))
     app = create_app(lib, TOKEN, allowed_hosts=["127.0.0.1"])
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    end = time.monotonic() + 30
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < end, "uvicorn did not start"
-        time.sleep(0.05)
-    yield SimpleNamespace(url=f"http://127.0.0.1:{port}", root=root, lib=lib)
-    srv.should_exit = True
-    thread.join(timeout=30)
-    sock.close()
+    with served(app) as url:
+        yield SimpleNamespace(url=url, root=root, lib=lib)
     lib.close()
     os.environ.pop("LOUPE_BRIDGE_SAMPLE", None)
 

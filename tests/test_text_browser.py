@@ -5,15 +5,11 @@ Saves docs/screenshots/text-matches.png and text-matches-large.png (the README's
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
-import uvicorn
-from conftest import TINY
+from conftest import TINY, served
 from test_server_browser import SCREENSHOTS, TIMEOUT_MS, browser, make_image  # noqa: F401
 
 from loupe import IndexOptions, Library
@@ -38,20 +34,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, shared_data) -> Iterator[Si
     lib = Library.open(root / ".loupe", model=TINY, device="cpu")
     lib.index(IndexOptions(ocr=True))
     app = create_app(lib, "text-browser-token", allowed_hosts=["127.0.0.1"])
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    end = time.monotonic() + 30
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < end, "uvicorn did not start"
-        time.sleep(0.05)
-    yield SimpleNamespace(url=f"http://127.0.0.1:{port}", root=root, lib=lib, sample=sample)
-    srv.should_exit = True
-    thread.join(timeout=30)
-    sock.close()
+    with served(app) as url:
+        yield SimpleNamespace(url=url, root=root, lib=lib, sample=sample)
     lib.close()
 
 
