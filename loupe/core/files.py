@@ -46,3 +46,25 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def evict_lru(folder: Path, pattern: str, budget_bytes: int) -> int:
+    """Delete the least recently written files matching `pattern` under `folder` until
+    they fit `budget_bytes`; returns how many went. Files another process removes
+    meanwhile are skipped (caches shared between processes)."""
+    entries = []
+    for path in Path(folder).rglob(pattern):
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            continue
+        entries.append((stat.st_mtime_ns, stat.st_size, path))
+    total = sum(size for _, size, _ in entries)
+    removed = 0
+    for _, size, path in sorted(entries, key=lambda e: e[0]):
+        if total <= budget_bytes:
+            break
+        path.unlink(missing_ok=True)
+        total -= size
+        removed += 1
+    return removed

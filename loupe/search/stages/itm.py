@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from loupe.core.errors import ModelError
+from loupe.core.files import evict_lru
 from loupe.core.types import Candidates, Query
 from loupe.search.stages.base import Reranker, Store, check_positive
 
@@ -249,22 +250,7 @@ class ArrayCache:
         if not (self._wrote or force):
             return 0
         self._wrote = False
-        entries = []
-        for path in self.folder.rglob("*.npy"):
-            try:
-                stat = path.stat()
-            except FileNotFoundError:
-                continue
-            entries.append((stat.st_mtime_ns, stat.st_size, path))
-        total = sum(size for _, size, _ in entries)
-        removed = 0
-        for _, size, path in sorted(entries, key=lambda e: e[0]):
-            if total <= self.budget_bytes:
-                break
-            path.unlink(missing_ok=True)
-            total -= size
-            removed += 1
-        return removed
+        return evict_lru(self.folder, "*.npy", self.budget_bytes)
 
 
 def fingerprint(module: torch.nn.Module, *configs: Any) -> str:

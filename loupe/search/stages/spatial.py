@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from PIL import Image
 
+from loupe.core.files import evict_lru
 from loupe.core.types import Box, Candidates, Query
 from loupe.search.stages.base import Reranker, Store, check_positive
 
@@ -394,22 +395,7 @@ class FeatureCache:
         if not (self._wrote or force):
             return 0
         self._wrote = False
-        entries = []
-        for path in self.base.rglob("*.npz"):
-            try:
-                stat = path.stat()
-            except FileNotFoundError:
-                continue
-            entries.append((stat.st_mtime_ns, stat.st_size, path))
-        total = sum(size for _, size, _ in entries)
-        removed = 0
-        for _, size, path in sorted(entries, key=lambda e: e[0]):
-            if total <= self.budget_bytes:
-                break
-            path.unlink(missing_ok=True)
-            total -= size
-            removed += 1
-        return removed
+        return evict_lru(self.base, "*.npz", self.budget_bytes)
 
 
 def _cache_key(store: Store, id_: int) -> str:
