@@ -63,6 +63,7 @@ from loupe.core.types import Query  # noqa: E402
 from loupe.dups.find import hamming  # noqa: E402
 from loupe.eval.metrics import micro_average_precision, recall_at_precision  # noqa: E402
 from loupe.media.decode import decode, read_bytes  # noqa: E402
+from loupe.models.device import cpu_info
 from loupe.search import pipeline  # noqa: E402
 from loupe.search.stages.collapse import Collapse, components  # noqa: E402
 from loupe.search.stages.cutoff import Cutoff  # noqa: E402
@@ -626,14 +627,7 @@ def section_cost(tmp: Path, n: int = 100_000, dim: int = 512, queries: int = 30)
 # --- report ---------------------------------------------------------------------------------
 
 def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = str(cpu_info()["model"])   # /proc/cpuinfo's model name
     return f"{platform.machine()}, {cpu}, {os.cpu_count()} cores"
 
 

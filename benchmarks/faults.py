@@ -59,6 +59,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from loupe.models.device import cpu_info
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DATA = REPO.parent / "shared" / "data"
@@ -1123,14 +1125,7 @@ def run_server(args: argparse.Namespace, work: Path, rng: random.Random) -> dict
 
 # --- the report ----------------------------------------------------------------------------------
 def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = str(cpu_info()["model"])   # /proc/cpuinfo's model name
     mem = None
     try:
         m = re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text())

@@ -46,6 +46,7 @@ from PIL import Image, ImageEnhance
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from loupe.core.types import Candidates, Query  # noqa: E402
+from loupe.models.device import cpu_info
 from loupe.search.stages.spatial import Spatial  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -57,14 +58,7 @@ PARTS = ("spatial", "itm", "vlm", "features", "eval")
 def machine() -> dict[str, Any]:
     import torch
 
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = str(cpu_info()["model"])   # /proc/cpuinfo's model name
     versions = {}
     for name in ("torch", "transformers", "kornia", "cv2"):
         try:

@@ -41,6 +41,7 @@ import numpy as np
 from PIL import Image
 
 from loupe.eval.testing import ColorEncoder
+from loupe.models.device import cpu_info
 from loupe.text import fts, testset
 from loupe.text.fusion import hybrid, parse_text_query
 from loupe.text.ocr import RapidOcrEngine, Word
@@ -53,14 +54,7 @@ DATA = HERE.parent.parent / "shared" / "data"
 # --- machine --------------------------------------------------------------------------------
 
 def machine() -> dict:
-    model = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = str(cpu_info()["model"])   # /proc/cpuinfo's model name
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     import onnxruntime
     return {"cpu": model, "cores": cores, "arch": platform.machine(),

@@ -61,14 +61,7 @@ def machine() -> dict:
     from loupe.models.device import cpu_info
 
     cpu = cpu_info()
-    name = cpu["model"]
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    name = str(cpu["model"])
     mem = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
