@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -125,3 +126,27 @@ def served(app: Any) -> Iterator[str]:
         srv.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+def make_read_only(tmp_path: Path, library: Path) -> list[tuple[str, int]]:
+    """Make a library readable by everyone and writable by no one (the folders above it
+    searchable); returns its files' names and mtimes, to check later that nothing changed."""
+    for p in [tmp_path, *tmp_path.parents]:
+        if p == Path("/"):
+            break
+        p.chmod(p.stat().st_mode | 0o055)
+    for p in library.rglob("*"):
+        p.chmod(0o444 if p.is_file() else 0o555)
+    library.chmod(0o555)
+    return files_state(library)
+
+
+def files_state(folder: Path) -> list[tuple[str, int]]:
+    return sorted((p.name, p.stat().st_mtime_ns) for p in folder.rglob("*"))
+
+
+def run_as_nobody(code: str, *args: str) -> subprocess.CompletedProcess:
+    """Run Python `code` as user nobody (needs root and setpriv), importing this checkout."""
+    return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                           sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)

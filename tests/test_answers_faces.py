@@ -557,23 +557,14 @@ def test_dups_verify_keeps_copies_and_drops_a_lookalike(tmp_path) -> None:
 def test_answers_search_a_read_only_library_without_writing(tmp_path) -> None:
     """The query banks are cached in the library when it can be written, and computed
     without being kept when it cannot: searches still answer, nothing is written."""
-    import subprocess
-    import sys
+    from conftest import TINY, files_state, make_folder, make_read_only, run_as_nobody
 
     from loupe import Library
-    from tests.conftest import REPO, TINY, make_folder
 
     root = tmp_path / "photos"
     make_folder(root, 5)
     Library.open(root / ".loupe", model=TINY, device="cpu").index()
-    for p in [tmp_path, *tmp_path.parents]:
-        if p == Path("/"):
-            break
-        p.chmod(p.stat().st_mode | 0o055)
-    for p in (root / ".loupe").rglob("*"):
-        p.chmod(0o444 if p.is_file() else 0o555)
-    (root / ".loupe").chmod(0o555)
-    before = sorted((p.name, p.stat().st_mtime_ns) for p in (root / ".loupe").rglob("*"))
+    before = make_read_only(tmp_path, root / ".loupe")
     code = ("import json, sys; from loupe import Library\n"
             "from loupe.core.types import SearchRequest\n"
             "from loupe.search.answers import face_chain\n"
@@ -581,9 +572,7 @@ def test_answers_search_a_read_only_library_without_writing(tmp_path) -> None:
             "n = [len(lib.search(request=SearchRequest(k=3, rerank=face_chain(show_all=True), **q)))\n"
             "     for q in ({'like': 'img0001.png'}, {'text': 'a red bicycle'})]\n"
             "print(json.dumps(n))")
-    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                        sys.executable, "-c", code, str(root / ".loupe")], capture_output=True,
-                       text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    r = run_as_nobody(code, str(root / ".loupe"))
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == [3, 3]
-    assert sorted((p.name, p.stat().st_mtime_ns) for p in (root / ".loupe").rglob("*")) == before
+    assert files_state(root / ".loupe") == before

@@ -7,13 +7,20 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, TINY, cli, make_folder, make_image
+from conftest import (
+    TINY,
+    cli,
+    files_state,
+    make_folder,
+    make_image,
+    make_read_only,
+    run_as_nobody,
+)
 from PIL import Image
 
 from loupe import IndexOptions, Library, LibraryError
@@ -162,26 +169,17 @@ def test_a_read_only_library_searches_without_writing(tmp_path):
     root = tmp_path / "photos"
     make_folder(root, 5)
     open_lib(root).index()
-    for p in [tmp_path, *tmp_path.parents]:
-        if p == Path("/"):
-            break
-        p.chmod(p.stat().st_mode | 0o055)
-    for p in (root / ".loupe").rglob("*"):
-        p.chmod(0o444 if p.is_file() else 0o555)
-    (root / ".loupe").chmod(0o555)
-    before = sorted((p.name, p.stat().st_mtime_ns) for p in (root / ".loupe").rglob("*"))
+    before = make_read_only(tmp_path, root / ".loupe")
     code = ("import json, sys; from loupe import Library\n"
             "lib = Library.open(sys.argv[1], device='cpu')\n"
             "hits = lib.search(like='img0001.png', k=3)\n"
             "try:\n    lib.index(); wrote = 'indexed'\nexcept Exception as e:\n    wrote = str(e)\n"
             "print(json.dumps([len(hits), wrote]))")
-    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                        sys.executable, "-c", code, str(root / ".loupe")], capture_output=True,
-                       text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    r = run_as_nobody(code, str(root / ".loupe"))
     assert r.returncode == 0, r.stderr
     found, wrote = json.loads(r.stdout)
     assert found == 3 and "read-only" in wrote
-    assert sorted((p.name, p.stat().st_mtime_ns) for p in (root / ".loupe").rglob("*")) == before
+    assert files_state(root / ".loupe") == before
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small tmpfs")
