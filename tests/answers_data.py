@@ -40,20 +40,26 @@ def histogram(image: Image.Image) -> np.ndarray:
     return (vec / np.linalg.norm(vec)).astype(np.float32)
 
 
+
+def copy_sacre_group(root: Path, stem: str, prefix: str = "") -> list[str]:
+    """Copy a Sacre Coeur original and its rotated and scaled copies under `root/prefix`;
+    returns their relative paths, the original first."""
+    sacre = SHARED_DATA / "sacre_coeur"
+    rels = [f"{prefix}{stem}.jpg"] + [f"{prefix}copies/{stem}_{c}.jpg" for c in COPIES]
+    srcs = [sacre / "mapping" / f"{stem}.jpg"] + [
+        sacre / ("mapping_rot" if c.startswith("rot") else "mapping_scale") / f"{stem}_{c}.jpg"
+        for c in COPIES]
+    for rel, src in zip(rels, srcs, strict=True):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, root / rel)
+    return rels
+
 def copy_photos(root: Path) -> dict[str, list[str]]:
     """The files above under root; returns each group's relative paths (for a Sacre Coeur
     photo: the original, then its copies; for a Strecha building: its views)."""
     groups: dict[str, list[str]] = {}
-    sacre = SHARED_DATA / "sacre_coeur"
     for stem in SACRE:
-        rels = [f"sacre/{stem}.jpg"] + [f"sacre/copies/{stem}_{c}.jpg" for c in COPIES]
-        srcs = [sacre / "mapping" / f"{stem}.jpg"] + [
-            sacre / ("mapping_rot" if c.startswith("rot") else "mapping_scale") / f"{stem}_{c}.jpg"
-            for c in COPIES]
-        for rel, src in zip(rels, srcs, strict=True):
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, root / rel)
-        groups[stem] = rels
+        groups[stem] = copy_sacre_group(root, stem, "sacre/")
     exact = f"sacre/again/{SACRE[0]}.jpg"          # the same bytes under another name
     (root / exact).parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(root / groups[SACRE[0]][0], root / exact)

@@ -247,20 +247,10 @@ def dup_photos(tmp_path):
     copy of the first, and two unrelated Strecha views."""
     import shutil
 
-    from tests.answers_data import COPIES, SHARED_DATA, histogram_library
+    from tests.answers_data import SHARED_DATA, copy_sacre_group, histogram_library
 
     root = tmp_path / "photos"
-    sacre = SHARED_DATA / "sacre_coeur"
-    groups = {}
-    for stem in (SACRE[0], SACRE[-1]):
-        rels = [f"{stem}.jpg"] + [f"copies/{stem}_{c}.jpg" for c in COPIES]
-        srcs = [sacre / "mapping" / f"{stem}.jpg"] + [
-            sacre / ("mapping_rot" if c.startswith("rot") else "mapping_scale") / f"{stem}_{c}.jpg"
-            for c in COPIES]
-        for rel, src in zip(rels, srcs, strict=True):
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, root / rel)
-        groups[stem] = rels
+    groups = {stem: copy_sacre_group(root, stem) for stem in (SACRE[0], SACRE[-1])}
     (root / "again").mkdir()
     shutil.copyfile(root / f"{SACRE[0]}.jpg", root / f"again/{SACRE[0]}.jpg")
     groups[SACRE[0]].append(f"again/{SACRE[0]}.jpg")

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
+from conftest import kill_9_when_ready
 
 from loupe.text import fts
 from loupe.text.ocr import Word
 from loupe.text.terms import split_parts
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -217,15 +211,7 @@ CHILD = textwrap.dedent("""
 
 def test_kill_9_keeps_catalog_and_text_consistent(tmp_path):
     path = tmp_path / "catalog.db"
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE,
-                             text=True, env=env)
-    try:
-        assert child.stdout.readline().strip() == "ready"
-        os.kill(child.pid, signal.SIGKILL)
-    finally:
-        child.wait()
-    assert child.returncode == -signal.SIGKILL
+    kill_9_when_ready(CHILD, str(path))
     db = sqlite3.connect(path, isolation_level=None)
     catalog_ids = [r[0] for r in db.execute("SELECT id FROM images")]
     assert catalog_ids == [1]

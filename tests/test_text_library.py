@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, TEST_DATA, TINY, cli, make_image
+from conftest import TEST_DATA, TINY, cli, kill_9_when_ready, make_image
 from PIL import Image, ImageDraw, ImageFont
 
 from loupe import Filters, IndexOptions, Library
@@ -226,15 +223,7 @@ def test_kill_9_during_the_ocr_pass_keeps_text_and_catalog_consistent(tmp_path, 
     lib = Library.open(root / ".loupe", model=TINY, device="cpu")
     lib.index()
     lib.close()
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(root)], stdout=subprocess.PIPE,
-                             text=True, env=env)
-    try:
-        assert child.stdout.readline().strip() == "ready"
-        os.kill(child.pid, signal.SIGKILL)
-    finally:
-        child.wait()
-    assert child.returncode == -signal.SIGKILL
+    kill_9_when_ready(CHILD, str(root))
     lib = Library.open(root / ".loupe", device="cpu")
     assert consistent(lib)
     assert lib.text_status()["read"] == 3                             # the committed batch
