@@ -312,6 +312,29 @@ def test_planner_scores_small_filters_exactly(built, monkeypatch):
         index.search(Q, K, allowed=IDS[:101])
 
 
+def test_hnsw_planner_scores_low_shares_exactly(built, monkeypatch):
+    """Under HNSW_FILTER_MIN_SHARE of the rows the graph's filtered recall falls: such filters
+    are scored exactly even when they hold more rows than the row threshold; IVF keeps the row
+    threshold alone."""
+    from loupe.index import base, faiss_index
+
+    monkeypatch.setattr(faiss_index, "FILTER_EXACT_MAX_ROWS_SQ8", 10)
+    monkeypatch.setattr(base, "FILTER_EXACT_MAX_ROWS", 10)
+    hnsw = built["HNSW32,SQ8,Refine"]
+    share = int(faiss_index.HNSW_FILTER_MIN_SHARE * len(hnsw))
+    assert hnsw.filter_exact_max() == share
+
+    def ann(*args):
+        raise ANNCalled
+
+    monkeypatch.setattr(hnsw, "_ann_search", ann)
+    got, scores = hnsw.search(Q, K, allowed=IDS[:share])          # exact, and equal to numpy
+    assert_same_topk(got, scores, *numpy_topk(Q, X[:share], IDS[:share]))
+    with pytest.raises(ANNCalled):
+        hnsw.search(Q, K, allowed=IDS[: share + 1])
+    assert built[IVF].filter_exact_max() < share
+
+
 def test_ann_short_of_k_falls_back_to_exact(built, monkeypatch):
     index = built[IVF]
     monkeypatch.setattr(index, "nprobe", 1)

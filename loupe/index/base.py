@@ -415,7 +415,10 @@ class IndexBase:
         # Distinct, ascending positions (ascending: the rows are read in file order). Ids from
         # SQL come sorted and distinct, so a sort suffices; otherwise deduplicate.
         distinct = len(allowed) < 2 or bool(np.all(allowed[1:] > allowed[:-1]))
-        pos = np.sort(pos) if distinct else np.unique(pos)
+        if not distinct:
+            pos = np.unique(pos)
+        elif len(pos) > 1 and not bool(np.all(pos[1:] > pos[:-1])):
+            pos = np.sort(pos)    # positions follow ids unless rows were re-added: usually sorted
         avail = len(pos)
         if avail == 0:
             return topk(np.zeros((n, 0), np.float32), np.zeros(0, np.int64), k)
@@ -514,9 +517,12 @@ class IndexBase:
             return np.zeros(len(ids), bool), np.zeros(0, np.int64)
         table = self._table()
         if table is not None and len(ids) > 64:
-            inside = (ids >= 0) & (ids < len(table))
-            pos = np.full(len(ids), -1, np.int64)
-            pos[inside] = table[ids[inside]]
+            if int(ids.min()) >= 0 and int(ids.max()) < len(table):
+                pos = table[ids].astype(np.int64)
+            else:
+                inside = (ids >= 0) & (ids < len(table))
+                pos = np.full(len(ids), -1, np.int64)
+                pos[inside] = table[ids[inside]]
             found = pos >= 0
             return found, pos[found]
         at = np.searchsorted(self._live_ids, ids)

@@ -44,13 +44,19 @@ DELTA_MAX_ROWS = 20_000
 SQ_SHORTLIST = 64
 # The planner's threshold on SQ8 kinds (FILTER_EXACT_MAX_ROWS in base.py is for kinds that score
 # full-precision rows). benchmarks/filtered.py on the HNSW32,SQ8,Refine index of 1M x 512 that
-# benchmarks/search.py builds, single-threaded, both paths in one run, p50 ms (load ~3.5):
-#   allowed    1k: exact 1.6 / ANN+selector 26.4 (recall@10 0.667)
-#             10k: exact 5.3 / 25.1 (0.943)      30k: exact 13.4 / 25.4 (0.957)
-#            100k: exact 36.6 / 15.4 (0.983)    300k: exact 90.2 / 18.1 (0.980)
-# Exact grows with the allowed count (~0.33 ms per 1k rows), the ANN with a selector gets
-# cheaper as the selector passes more; the lines cross near 55k. Below, the answer is also exact.
+# benchmarks/search.py builds, single-threaded, both paths in one run, p50 ms (load ~3.4; the
+# ANN's beam widened by 1/sqrt(share), see _search_params):
+#   allowed    1k: exact 1.6 / ANN+selector 24.6 (recall@10 0.667)
+#             10k: exact 6.0 / 11.1 (0.823)      30k: exact 14.3 / 7.5 (0.873)
+#             60k: exact 24.8 / 6.0 (0.970)     100k: exact 36.5 / 4.6 (0.970)
+#            300k: exact 82.3 / 3.5 (0.987)
+# Exact grows with the allowed count (~0.4 ms per 1k rows); the ANN is faster from a few
+# thousand rows on, but its recall falls below the unfiltered one (0.96) under a 5% share: the
+# threshold is where the ANN is both faster and as good. Below it the answer is exact.
 FILTER_EXACT_MAX_ROWS_SQ8 = 50_000
+# A filtered HNSW search under this share of the rows is scored exactly whatever its row count
+# (at 10M rows, a 1% filter is 100k rows, where the graph's recall with a selector is ~0.82).
+HNSW_FILTER_MIN_SHARE = 0.05
 SQ_MIN_ROWS = 512
 SQ_CHUNK = 1024
 # Slack added to the error bound for float32 rounding in both scores (|score| <= |q|).
@@ -212,7 +218,11 @@ class FaissIndex(IndexBase):
         frac = min(max(frac, 1e-6), 1.0)
         if self.kind == "hnsw":
             p = faiss.SearchParametersHNSW()
-            p.efSearch = int(min(max(self.ef_search / frac, kk), max(EF_SEARCH_MAX, kk)))
+            # A filter keeping a share f of the rows widens the beam by 1/sqrt(f), not 1/f: at
+            # 1M x 512 (benchmarks/filtered.py) recall@10 stays >= the unfiltered one down to the
+            # planner's exact threshold (5%), at a third of the time 1/f took at 10%.
+            p.efSearch = int(min(max(self.ef_search / math.sqrt(frac), kk),
+                                 max(EF_SEARCH_MAX, kk)))
             return p
         if self.kind == "ivf":
             p = faiss.SearchParametersIVF()
@@ -290,9 +300,11 @@ class FaissIndex(IndexBase):
         return ids[0], scores[0]
 
     def filter_exact_max(self) -> int:
-        if _sq_storage(self._index) is not None:
-            return int(FILTER_EXACT_MAX_ROWS_SQ8 * 512 / self.dim)
-        return super().filter_exact_max()
+        rows = (int(FILTER_EXACT_MAX_ROWS_SQ8 * 512 / self.dim) if _sq_storage(self._index) is not None
+                else super().filter_exact_max())
+        if self.kind == "hnsw":
+            rows = max(rows, int(HNSW_FILTER_MIN_SHARE * len(self._alive)))
+        return rows
 
     def _residuals(self) -> np.ndarray | None:
         """The per-position quantisation errors; measured now when a save did not hold them."""
