@@ -375,3 +375,29 @@ def test_turning_dba_off_restores_the_stored_vectors(tmp_path):
     ids, matrix = lib.all_vectors()
     raw_ids, raw = lib.catalog.load_matrix(space, lib.encoder.dim)
     assert ids.tolist() == raw_ids.tolist() and np.array_equal(matrix, raw)
+
+
+def test_load_matrix_grows_past_a_stale_count(tmp_path):
+    """The matrix is sized by a count taken before the read; rows committed in between (a
+    writer between the two statements) still all come back."""
+    root = tmp_path / "photos"
+    make_folder(root, 12)
+    lib = open_lib(root)
+    lib.index()
+    catalog, space, dim = lib.catalog, lib.catalog.active_space(), lib.encoder.dim
+    ref_ids, ref = catalog.load_matrix(space, dim)
+    real = catalog.db
+
+    class StaleCount:
+        def execute(self, sql, args=()):
+            if sql.startswith("SELECT COUNT(*)"):
+                return real.execute("SELECT 3")
+            return real.execute(sql, args)
+
+    catalog._local.conn = StaleCount()
+    try:
+        ids, matrix = catalog.load_matrix(space, dim)
+    finally:
+        catalog._local.conn = real
+    assert len(ref_ids) == 12
+    assert ids.tolist() == ref_ids.tolist() and np.array_equal(matrix, ref)
