@@ -15,6 +15,7 @@ pytest.importorskip("milvus_lite")
 
 from loupe import IndexOptions  # noqa: E402
 from loupe import index as ann  # noqa: E402
+from loupe.core.errors import LibraryError  # noqa: E402
 from loupe.index import milvus as mv  # noqa: E402
 from loupe.index.milvus import MilvusIndex, parse_spec  # noqa: E402
 
@@ -324,3 +325,15 @@ def test_a_lite_database_held_by_another_process_is_a_clear_error(tmp_path):
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(mv.MilvusUnavailable, match="one process per database file"):
             MilvusIndex(f"milvus:{db}", DIM).client.list_collections()
+
+
+def test_a_milvus_failure_mid_search_is_one_clear_error(flat, data, monkeypatch):
+    """A server error in the middle of a search (here: the collection dropped behind the
+    index's back) reaches the faces as a LibraryError naming the URI and the collection,
+    not a raw MilvusException."""
+    _, m = flat
+    _, _, queries = data
+    m.client.drop_collection(m.collection)
+    with pytest.raises(LibraryError, match=f"Milvus at .*search on collection {m.collection}"):
+        m.search(queries[:1], 5)
+    m._created = False

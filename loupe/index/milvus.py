@@ -46,6 +46,7 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 
+from loupe.core.errors import LibraryError
 from loupe.index.base import (
     FORMAT,
     as_additions,
@@ -440,7 +441,10 @@ class MilvusIndex:
             except Exception as exc:  # noqa: BLE001 - pymilvus raises MilvusException
                 if (attempt == LITE_RETRIES or not is_lite(self.uri)
                         or "No such file or directory" not in str(exc)):
-                    raise
+                    # One line naming where and what, as every Loupe error: the faces print
+                    # it instead of a gRPC traceback.
+                    raise LibraryError(f"Milvus at {self.uri} failed ({getattr(fn, '__name__', fn)} "
+                                       f"on collection {self.collection}): {exc}") from exc
                 time.sleep(2.0 * (attempt + 1))
         raise AssertionError("unreachable")
 
