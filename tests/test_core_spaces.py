@@ -164,12 +164,17 @@ def test_a_text_query_loads_only_the_text_tower_and_no_torch(tmp_path):
             "hits = lib.search('a red bicycle', k=3)\n"
             "enc = next(iter(lib._encoders.values()))\n"
             "print(json.dumps([len(hits), 'torch' in sys.modules, 'open_clip' in sys.modules,\n"
-            "                  sorted(enc.towers), enc.backend]))")
+            "                  sorted(enc.towers), enc.backend,\n"
+            "                  'faiss.swigfaiss' in sys.modules, 'ftfy' in sys.modules,\n"
+            "                  enc.text_tower.session._model_path.split('/')[-3]]))")
     runs = [subprocess.run([sys.executable, "-c", code, str(root / ".loupe")], env=env,
                            capture_output=True, text=True, timeout=300) for _ in range(2)]
     assert all(r.returncode == 0 for r in runs), runs[-1].stderr
-    # the first text query exports the text tower once (torch); every later one needs none
-    assert json.loads(runs[1].stdout) == [3, False, False, ["text"], "onnxruntime"]
+    # the first text query exports the text tower once (torch); every later one needs none,
+    # nor faiss (an exact index) nor ftfy (plain ASCII), and starts from ONNX Runtime's saved
+    # optimised graph (loupe/models/ortcache.py)
+    assert json.loads(runs[1].stdout) == [3, False, False, ["text"], "onnxruntime", False, False,
+                                          "ort-optimized"]
 
 
 def test_catch_up_follows_deletes_failures_and_rewrites(tmp_path):

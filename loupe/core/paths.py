@@ -9,12 +9,13 @@ Matching ignores case, as photo file names come from cameras and phones in eithe
 from __future__ import annotations
 
 from functools import lru_cache
-
-import pathspec
+from typing import Any
 
 
 @lru_cache(maxsize=256)
-def _spec(glob: str) -> pathspec.PathSpec:
+def _spec(glob: str) -> Any:
+    import pathspec  # only for --glob: a plain query does not pay its import
+
     return pathspec.PathSpec.from_lines("gitwildmatch", [glob.lower()])
 
 

@@ -237,7 +237,7 @@ def write_clip_tokenizer_json(folder: Path, context_length: int) -> None:
     clip = ClipTokenizer(default_bpe(), context_length)
     rename = {SOT: "<|startoftext|>", EOT: "<|endoftext|>"}
     vocab = {rename.get(t, t): i for t, i in clip.ids.items()}
-    merges = sorted(clip.ranks, key=clip.ranks.__getitem__)
+    merges = [tuple(m.split(" ")) for m in sorted(clip.ranks, key=clip.ranks.__getitem__)]
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, end_of_word_suffix="</w>",
                                unk_token="<|endoftext|>", fuse_unk=False))
     tok.normalizer = normalizers.Sequence([normalizers.NFC(),

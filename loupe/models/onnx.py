@@ -13,7 +13,7 @@ did not pass.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,10 @@ class OrtTower:
 
     engine = "onnxruntime"
 
-    def __init__(self, path: Path, threads: int | None = None):
+    def __init__(self, path: Path, threads: int | None = None,
+                 probe: Callable[[], np.ndarray] | None = None):
+        """probe: an input for checking ONNX Runtime's saved optimised graph against this
+        session (see ortcache.py); without one the session is built from `path` every time."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -42,7 +45,13 @@ class OrtTower:
             opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            if probe is not None:
+                from loupe.models.ortcache import cached_session
+
+                self.session = cached_session(path, opts, probe)
+            else:
+                self.session = ort.InferenceSession(str(path), opts,
+                                                    providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelError(f"ONNX Runtime cannot load {path}: {exc}") from exc
         inp = self.session.get_inputs()[0]
@@ -61,9 +70,9 @@ class OrtTower:
 
 
 def make_tower(path: Path, backend: str = "onnxruntime", precision: str = "fp32",
-               threads: int | None = None) -> Any:
+               threads: int | None = None, probe: Callable[[], np.ndarray] | None = None) -> Any:
     if backend == "onnxruntime":
-        return OrtTower(path, threads)
+        return OrtTower(path, threads, probe)
     if backend == "openvino":
         from loupe.models.openvino import OpenVinoTower
 
@@ -141,15 +150,19 @@ def load_exported(folder: str | Path, towers: Iterable[str] | None = None,
             check = manifest.get("towers", {}).get(tower, {}).get("check")
             raise ModelError(f"the exported {tower} tower in {folder} is {status}"
                              + (f": {check.get('why')}" if check and check.get("why") else ""))
-    engines: dict[str, Any] = {}
-    for tower in towers:
-        info = manifest["towers"][tower]
-        engines[tower] = make_tower(_tower_file(folder, info, precision), backend, precision, threads)
     tokenizer, text_cfg = None, {}
     if "text" in towers:
         info = manifest["towers"]["text"]
         text_cfg = {**info["tokenizer"], "cut": bool(info.get("cut"))}
         tokenizer = load_tokenizer(folder, text_cfg)
+    engines: dict[str, Any] = {}
+    for tower in towers:
+        info = manifest["towers"][tower]
+        # The text tower's session starts from ONNX Runtime's saved graph (a cold query's
+        # largest cost), checked on the probe texts; the image tower is built as before.
+        probe = (lambda: text_probe(tokenizer, text_cfg)) if tower == "text" else None
+        engines[tower] = make_tower(_tower_file(folder, info, precision), backend, precision,
+                                    threads, probe)
     enc = ExportedEncoder(manifest["identity"], engines.get("image"), engines.get("text"),
                           tokenizer, text_cfg, backend, precision, text_cache)
     enc.report = {"folder": str(folder),
@@ -157,6 +170,15 @@ def load_exported(folder: str | Path, towers: Iterable[str] | None = None,
                   **({"reduced": manifest.get("reduced", {}).get(precision, {})}
                      if precision != "fp32" else {})}
     return enc
+
+
+def text_probe(tokenizer: Any, cfg: dict[str, Any]) -> np.ndarray:
+    """The texts every export is checked on, as the text tower takes them."""
+    from loupe.models.check import texts_for_check
+
+    rows = tokenizer(texts_for_check())
+    length = max(map(len, rows)) if cfg.get("cut") else cfg["context_length"]
+    return pad(rows, length, cfg.get("pad_id", 0))
 
 
 def load_tokenizer(folder: Path, cfg: dict[str, Any]) -> Any:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import html
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -44,7 +45,15 @@ def _byte_symbols() -> dict[int, str]:
     return table
 
 
+# Printable ASCII without "&": text that ftfy's fix_text returns unchanged (checked against
+# ftfy in tests/test_models_text.py). Most queries are such text, and importing ftfy costs
+# about 0.1 s of a cold query.
+_PLAIN = re.compile(r"[ -%'-~]*")
+
+
 def _fix_text(text: str) -> str:
+    if _PLAIN.fullmatch(text):
+        return text
     try:
         import ftfy
     except ImportError:  # ftfy only repairs mojibake; ordinary text is unchanged without it
@@ -64,13 +73,17 @@ class ClipTokenizer:
     def __init__(self, vocab_path: str | Path, context_length: int = 77):
         import regex
 
-        with gzip.open(vocab_path, "rt", encoding="utf-8") as fh:
-            lines = fh.read().split("\n")[1:N_MERGES + 1]
-        merges = [tuple(line.split()) for line in lines]
+        with open(vocab_path, "rb") as fh:
+            lines = gzip.decompress(fh.read()).decode("utf-8").split("\n")[1:N_MERGES + 1]
+        # A merge is a line "a b" (one space; no symbol holds a space: byte 0x20 maps to
+        # U+0120). Keyed by the line itself, loading skips 49k splits and tuples (a cold query
+        # pays this). Lines with other whitespace are normalised the way open_clip splits them.
+        lines = [ln if ln.count(" ") == 1 else " ".join(ln.split()) for ln in lines]
         symbols = list(_byte_symbols().values())
-        vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + [SOT, EOT]
-        self.ids = {tok: i for i, tok in enumerate(vocab)}
-        self.ranks = {pair: i for i, pair in enumerate(merges)}
+        vocab = [*symbols, *(s + "</w>" for s in symbols), *(ln.replace(" ", "") for ln in lines),
+                 SOT, EOT]
+        self.ids = dict(zip(vocab, range(len(vocab)), strict=True))  # a later duplicate wins, as before
+        self.ranks = dict(zip(lines, range(len(lines)), strict=True))
         self.sot_id, self.eot_id = self.ids[SOT], self.ids[EOT]
         self.vocab_size = len(vocab)
         self.context_length = context_length
@@ -89,7 +102,7 @@ class ClipTokenizer:
         while len(parts) > 1:
             best, best_rank = -1, len(self.ranks)
             for i in range(len(parts) - 1):
-                rank = self.ranks.get((parts[i], parts[i + 1]), best_rank)
+                rank = self.ranks.get(f"{parts[i]} {parts[i + 1]}", best_rank)
                 if rank < best_rank:
                     best, best_rank = i, rank
             if best < 0:

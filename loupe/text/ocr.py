@@ -40,7 +40,6 @@ axis-aligned (x0, y0, x1, y1) box in pixels of the image given to `read`.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import os
 import re
@@ -172,6 +171,8 @@ class RapidOcrEngine:
     @property
     def identity(self) -> dict[str, Any]:
         if self._identity is None:
+            import importlib.metadata  # here: its import costs every cold command 0.03 s
+
             root = Path(self._module.__file__).parent
             models = {p.name: _file_digest(p) for p in sorted((root / "models").glob("*.onnx"))}
             self._identity = {

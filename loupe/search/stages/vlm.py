@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from loupe.core.types import Candidates, Query
 from loupe.search.stages.base import Reranker, Store, check_positive
@@ -99,6 +99,8 @@ def grid_image(images: Sequence[Image.Image], tile: int = 256) -> Image.Image:
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
     grid = Image.new("RGB", (cols * tile, rows * tile), (255, 255, 255))
+    from PIL import ImageDraw, ImageFont  # only here: a cold query does not draw
+
     draw = ImageDraw.Draw(grid)
     size = max(12, tile // 6)
     font = ImageFont.load_default(size=size)
