@@ -38,7 +38,7 @@ import numpy as np
 from loupe.core.errors import ModelError
 from loupe.models.base import check_towers
 from loupe.models.cache import cache_root, weights_sha256
-from loupe.models.onnx import ExportedEncoder, make_tower
+from loupe.models.onnx import ExportedEncoder, make_tower, text_probe
 from loupe.models.openclip import PIXEL_PIPELINE
 
 HUB_ORG = "immich-app"
@@ -149,7 +149,6 @@ def load_immich(ref: str, towers: Iterable[str] | None = None, backend: str = "o
         image_t = make_tower(_model_file(folder, "visual"), backend, "fp32", threads)
     cfg: dict[str, Any] = {}
     if "text" in towers:
-        text_t = make_tower(_model_file(folder, "textual"), backend, "fp32", threads)
         ctx = int(text_cfg.get("context_length", 77))
         kwargs = text_cfg.get("tokenizer_kwargs") or {}
         tokenizer = HfTokenizer(folder / "textual" / "tokenizer.json", ctx,
@@ -158,6 +157,9 @@ def load_immich(ref: str, towers: Iterable[str] | None = None, backend: str = "o
         pad_id = tokenizer.tok.token_to_id(_pad_token(tok_cfg))
         cfg = {"kind": "hf-tokenizers", "context_length": ctx,
                "pad_id": 0 if pad_id is None else int(pad_id), "cut": False}
+        # started from ONNX Runtime's saved graph when it was checked equal (ortcache.py)
+        text_t = make_tower(_model_file(folder, "textual"), backend, "fp32", threads,
+                            probe=lambda: text_probe(tokenizer, cfg))
     enc = ExportedEncoder(identity, image_t, text_t, tokenizer, cfg, backend, "fp32", text_cache)
     enc.report = {"folder": str(folder), "check": "Immich export: not checked against PyTorch"}
     return enc
