@@ -80,6 +80,20 @@ def test_the_saved_graph_gives_the_same_outputs_and_is_used_next_time(tmp_path):
         assert np.array_equal(run(first, x), want) and np.array_equal(run(second, x), want)
 
 
+def test_the_saved_graph_runs_with_the_callers_threads_and_spinning(tmp_path):
+    model = tiny_text_graph(tmp_path / "textual.onnx")
+    opts = options()
+    opts.intra_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    ortcache.cached_session(model, opts, probe=lambda: ids(0))
+    saved = ortcache.cached_session(model, opts, probe=lambda: ids(0))
+    assert saved._model_path.endswith("model.onnx") and Path(saved._model_path) != model
+    got = saved.get_session_options()
+    assert got.intra_op_num_threads == 1
+    assert got.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert got.graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+
+
 def test_a_changed_export_gets_a_new_saved_graph(tmp_path):
     model = tiny_text_graph(tmp_path / "textual.onnx", seed=0)
     ortcache.cached_session(model, options(), probe=lambda: ids(0))

@@ -94,13 +94,10 @@ def cached_session(path: str | Path, options: Any, probe: Callable[[], np.ndarra
 
 
 def _saved_options(options: Any) -> Any:
-    """The caller's options (threads, logging), with the graph already optimised."""
+    """The caller's options (threads, spinning, logging), with the graph already optimised."""
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = options.intra_op_num_threads
-    opts.inter_op_num_threads = options.inter_op_num_threads
-    opts.log_severity_level = options.log_severity_level
+    opts = _copy_options(options)
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return opts
 
@@ -176,6 +173,10 @@ def _check(session: Any, tmp: Path, options: Any, probe: Callable[[], np.ndarray
             "max_abs_diff": diff, "probe_shape": list(x.shape), "ort": ort.__version__}
 
 
+# Session settings that change how a session runs, not what it computes: carried over.
+_RUN_KEYS = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
+
+
 def _copy_options(options: Any) -> Any:
     import onnxruntime as ort
 
@@ -184,4 +185,9 @@ def _copy_options(options: Any) -> Any:
     opts.inter_op_num_threads = options.inter_op_num_threads
     opts.log_severity_level = options.log_severity_level
     opts.graph_optimization_level = options.graph_optimization_level
+    for key in _RUN_KEYS:
+        try:
+            opts.add_session_config_entry(key, options.get_session_config_entry(key))
+        except RuntimeError:  # not set by the caller
+            pass
     return opts
