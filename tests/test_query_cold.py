@@ -188,6 +188,30 @@ def test_the_tokenizer_still_gives_open_clip_ids_on_many_texts():
     assert np.array_equal(pad(ours(texts), 77), ref(texts).numpy())
 
 
+def test_the_parsed_merges_are_kept_and_refreshed_when_the_vocabulary_changes(tmp_path):
+    import gzip
+    import shutil
+
+    from open_clip.tokenizer import default_bpe
+
+    vocab = tmp_path / "bpe_simple_vocab_16e6.txt.gz"
+    shutil.copyfile(default_bpe(), vocab)
+    cache = tmp_path / "bpe.merges"
+    texts = ["a photo of a cat", "naïve café 東京 &amp;", "mountains " * 80, ""]
+    plain = ClipTokenizer(vocab)
+    first = ClipTokenizer(vocab, cache=cache)        # parses, writes the cache
+    assert cache.exists() and first.ranks == plain.ranks
+    second = ClipTokenizer(vocab, cache=cache)       # reads it back
+    assert second(texts) == first(texts) == plain(texts) and second.ids == plain.ids
+    # a vocabulary whose first merge is dropped: ranks shift, the cache must not answer
+    lines = gzip.decompress(vocab.read_bytes()).decode().split("\n")
+    vocab.write_bytes(gzip.compress("\n".join([lines[0], *lines[2:]]).encode()))
+    changed = ClipTokenizer(vocab, cache=cache)
+    assert changed.ranks == ClipTokenizer(vocab).ranks != plain.ranks
+    cache.write_bytes(b"damaged")                   # a damaged cache is parsed again
+    assert ClipTokenizer(vocab, cache=cache).ranks == changed.ranks
+
+
 # --- a fresh `loupe search` process -------------------------------------------------------------------
 SEARCH = """
 import json, sys

@@ -53,13 +53,13 @@ def cpu_info() -> dict[str, object]:
     table; never assumed from the model name."""
     import platform
 
-    name, flags = platform.processor() or platform.machine(), set()
+    name, flags = "", set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
             for line in fh:
                 key, _, value = line.partition(":")
                 key = key.strip()
-                if key == "model name" and name in ("", platform.machine(), platform.processor()):
+                if key == "model name" and not name:
                     name = value.strip()
                 elif key in ("flags", "Features"):
                     flags.update(value.split())
@@ -72,6 +72,9 @@ def cpu_info() -> dict[str, object]:
         rename = {"AVX512VNNI": "avx512_vnni", "AVX512BF16": "avx512_bf16", "AVX512F": "avx512f",
                   "AVX2": "avx2", "ASIMDDP": "asimddp", "ASIMDBF16": "bf16"}
         flags = {rename[k] for k, on in feats.items() if on and k in rename}
+    # platform.processor() runs `uname -p` (a subprocess, 10 ms of a cold query): only when
+    # /proc/cpuinfo names no model (elsewhere than Linux, or ARM)
+    name = name or platform.processor() or platform.machine()
     vnni = bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"})
     bf16 = bool(flags & {"avx512_bf16", "amx_bf16"})
     return {"model": name, "vnni": vnni, "bf16": bf16,

@@ -184,7 +184,8 @@ def text_probe(tokenizer: Any, cfg: dict[str, Any]) -> np.ndarray:
 def load_tokenizer(folder: Path, cfg: dict[str, Any]) -> Any:
     kind = cfg.get("kind")
     if kind == "clip-bpe":
-        return ClipTokenizer(folder / cfg["vocab"], cfg["context_length"])
+        return ClipTokenizer(folder / cfg["vocab"], cfg["context_length"],
+                             cache=folder / (cfg["vocab"] + ".merges"))
     if kind == "hf-tokenizers":
         from loupe.models.immich import HfTokenizer
 
