@@ -396,7 +396,8 @@ class IndexBase:
         if k == 0:
             return np.zeros((n, 0), np.int64), np.zeros((n, 0), np.float32)
         excl_pos = self._find(as_ids(exclude))[1] if exclude is not None else np.zeros(0, np.int64)
-        excl_pos = np.unique(excl_pos)
+        if len(excl_pos) > 1:    # np.unique of nothing imports numpy.ma: 15 ms of a cold query
+            excl_pos = np.unique(excl_pos)
         if allowed is None:
             avail = len(self) - len(excl_pos)
             if avail <= 0:
