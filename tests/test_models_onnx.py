@@ -111,6 +111,28 @@ def test_towers_load_separately(exported, tmp_path):
         image_only.encode_text(["red car"])
 
 
+def test_the_image_tower_sleeps_when_idle_and_the_text_tower_spins(exported):
+    """The image tower shares the cores with the indexer's decode threads: its idle ONNX
+    Runtime workers sleep instead of spinning. A query's text tower keeps spinning (latency)."""
+    _, folder, _ = exported
+    enc = load_exported(folder)
+
+    def spinning(tower):
+        opts = tower.session.get_session_options()
+        try:
+            return opts.get_session_config_entry("session.intra_op.allow_spinning") != "0"
+        except RuntimeError:  # not set: ONNX Runtime's default, which spins
+            return True
+
+    assert not spinning(enc.image_tower)
+    assert spinning(enc.text_tower)
+    assert not spinning(OrtTower(folder / "visual.onnx", spin=False))
+    assert spinning(OrtTower(folder / "visual.onnx"))
+    # and a sleeping tower computes the same vectors
+    x = np.random.default_rng(0).normal(size=(3, 3, 64, 64)).astype(np.float32)
+    assert np.array_equal(enc.image_tower.run(x), OrtTower(folder / "visual.onnx").run(x))
+
+
 def test_torch_towers_load_separately():
     enc = load_torch(TINY, device="cpu", towers=("text",))
     assert enc.model.visual is None

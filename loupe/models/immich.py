@@ -146,7 +146,7 @@ def load_immich(ref: str, towers: Iterable[str] | None = None, backend: str = "o
     }
     image_t = text_t = tokenizer = None
     if "image" in towers:
-        image_t = make_tower(_model_file(folder, "visual"), backend, "fp32", threads)
+        image_t = make_tower(_model_file(folder, "visual"), backend, "fp32", threads, spin=False)
     cfg: dict[str, Any] = {}
     if "text" in towers:
         ctx = int(text_cfg.get("context_length", 77))

@@ -34,9 +34,10 @@ class OrtTower:
     engine = "onnxruntime"
 
     def __init__(self, path: Path, threads: int | None = None,
-                 probe: Callable[[], np.ndarray] | None = None):
+                 probe: Callable[[], np.ndarray] | None = None, spin: bool = True):
         """probe: an input for checking ONNX Runtime's saved optimised graph against this
-        session (see ortcache.py); without one the session is built from `path` every time."""
+        session (see ortcache.py); without one the session is built from `path` every time.
+        spin=False: see below."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -44,6 +45,10 @@ class OrtTower:
         if threads:
             opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
+        if not spin:
+            # Idle workers sleep instead of spinning: the image tower shares the cores with
+            # the indexer's decode threads, and spinning takes the CPU they need.
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             if probe is not None:
                 from loupe.models.ortcache import cached_session
@@ -70,9 +75,10 @@ class OrtTower:
 
 
 def make_tower(path: Path, backend: str = "onnxruntime", precision: str = "fp32",
-               threads: int | None = None, probe: Callable[[], np.ndarray] | None = None) -> Any:
+               threads: int | None = None, probe: Callable[[], np.ndarray] | None = None,
+               spin: bool = True) -> Any:
     if backend == "onnxruntime":
-        return OrtTower(path, threads, probe)
+        return OrtTower(path, threads, probe, spin)
     if backend == "openvino":
         from loupe.models.openvino import OpenVinoTower
 
@@ -162,7 +168,7 @@ def load_exported(folder: str | Path, towers: Iterable[str] | None = None,
         # largest cost), checked on the probe texts; the image tower is built as before.
         probe = (lambda: text_probe(tokenizer, text_cfg)) if tower == "text" else None
         engines[tower] = make_tower(_tower_file(folder, info, precision), backend, precision,
-                                    threads, probe)
+                                    threads, probe, spin=tower != "image")
     enc = ExportedEncoder(manifest["identity"], engines.get("image"), engines.get("text"),
                           tokenizer, text_cfg, backend, precision, text_cache)
     enc.report = {"folder": str(folder),
