@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,6 +132,26 @@ def test_the_image_tower_sleeps_when_idle_and_the_text_tower_spins(exported):
     # and a sleeping tower computes the same vectors
     x = np.random.default_rng(0).normal(size=(3, 3, 64, 64)).astype(np.float32)
     assert np.array_equal(enc.image_tower.run(x), OrtTower(folder / "visual.onnx").run(x))
+
+
+def test_the_image_tower_from_the_saved_graph_equals_the_plain_one(exported, monkeypatch):
+    """A cold `loupe index` opens the image tower from ONNX Runtime's saved graph (checked on
+    probe pixels when it was saved): the same vectors, still sleeping when idle."""
+    from loupe.models import ortcache
+
+    _, folder, _ = exported
+    load_exported(folder, towers=("image",))  # saves the graph (once)
+    cached = load_exported(folder, towers=("image",))
+    model = Path(cached.image_tower.session._model_path)
+    assert model.parent.parent.name == ortcache.SUBDIR and model.parent.name.startswith("visual-")
+    assert (model.parent / "ok.json").exists()
+    opts = cached.image_tower.session.get_session_options()
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    monkeypatch.setenv("LOUPE_ORT_CACHE", "0")
+    plain = load_exported(folder, towers=("image",))
+    assert Path(plain.image_tower.session._model_path) == folder / "visual.onnx"
+    pics = photos(3)
+    assert np.array_equal(cached.encode_images(pics), plain.encode_images(pics))
 
 
 def test_torch_towers_load_separately():

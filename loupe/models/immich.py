@@ -38,7 +38,7 @@ import numpy as np
 from loupe.core.errors import ModelError
 from loupe.models.base import check_towers
 from loupe.models.cache import cache_root, weights_sha256
-from loupe.models.onnx import ExportedEncoder, make_tower, text_probe
+from loupe.models.onnx import ExportedEncoder, image_probe, make_tower, text_probe
 from loupe.models.openclip import PIXEL_PIPELINE
 
 HUB_ORG = "immich-app"
@@ -146,7 +146,8 @@ def load_immich(ref: str, towers: Iterable[str] | None = None, backend: str = "o
     }
     image_t = text_t = tokenizer = None
     if "image" in towers:
-        image_t = make_tower(_model_file(folder, "visual"), backend, "fp32", threads, spin=False)
+        image_t = make_tower(_model_file(folder, "visual"), backend, "fp32", threads,
+                             probe=lambda: image_probe(identity), spin=False)
     cfg: dict[str, Any] = {}
     if "text" in towers:
         ctx = int(text_cfg.get("context_length", 77))

@@ -164,9 +164,10 @@ def load_exported(folder: str | Path, towers: Iterable[str] | None = None,
     engines: dict[str, Any] = {}
     for tower in towers:
         info = manifest["towers"][tower]
-        # The text tower's session starts from ONNX Runtime's saved graph (a cold query's
-        # largest cost), checked on the probe texts; the image tower is built as before.
-        probe = (lambda: text_probe(tokenizer, text_cfg)) if tower == "text" else None
+        # Each session starts from ONNX Runtime's saved graph (a cold query's largest cost,
+        # and a second of a cold `loupe index`), checked on probe texts / probe pixels.
+        probe = ((lambda: text_probe(tokenizer, text_cfg)) if tower == "text"
+                 else (lambda: image_probe(manifest["identity"])))
         engines[tower] = make_tower(_tower_file(folder, info, precision), backend, precision,
                                     threads, probe, spin=tower != "image")
     enc = ExportedEncoder(manifest["identity"], engines.get("image"), engines.get("text"),
@@ -185,6 +186,13 @@ def text_probe(tokenizer: Any, cfg: dict[str, Any]) -> np.ndarray:
     rows = tokenizer(texts_for_check())
     length = max(map(len, rows)) if cfg.get("cut") else cfg["context_length"]
     return pad(rows, length, cfg.get("pad_id", 0))
+
+
+def image_probe(identity: dict[str, Any]) -> np.ndarray:
+    """Pixels the image tower's saved graph is checked on: two seeded noise images at the
+    tower's input size (the check asks for equal outputs, bit for bit)."""
+    size = int(identity["image_size"])
+    return np.random.default_rng(0).normal(size=(2, 3, size, size)).astype(np.float32)
 
 
 def load_tokenizer(folder: Path, cfg: dict[str, Any]) -> Any:
