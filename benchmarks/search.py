@@ -42,7 +42,7 @@ def fill(lib: Library, n: int, seed: int = 0) -> float:
     benchmarks/ann.py's generator), added through `Library.add_embedded`."""
     from ann import make_space, sample
 
-    dim = lib.encoder.dim
+    dim = lib.tower("text").dim
     space = make_space(dim, intrinsic=min(64, dim // 2))
     t = time.perf_counter()
 
@@ -62,7 +62,7 @@ def refresh_times(lib: Library, batches: int, batch_size: int = 32) -> list[floa
     """What a server pays per refresh while it re-indexes: one 32-image batch lands,
     then the searchable snapshot is brought up to date."""
     rng = np.random.default_rng(2)
-    dim, out = lib.encoder.dim, []
+    dim, out = lib.tower("text").dim, []
     for b in range(batches):
         vecs = rng.normal(size=(batch_size, dim)).astype(np.float32)
         vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
@@ -138,7 +138,7 @@ def main() -> None:
             encode, search, total = [], [], []
             for q in texts:
                 t0 = time.perf_counter()
-                vec = lib.encoder.encode_text([q])[0]
+                vec = lib.tower("text").encode_text([q])[0]
                 t1 = time.perf_counter()
                 lib.search_vector(vec, args.k)
                 t2 = time.perf_counter()
@@ -150,7 +150,7 @@ def main() -> None:
             for j, q in enumerate(texts):
                 filters = Filters(folder=f"img/{j % 100:02d}")
                 t0 = time.perf_counter()
-                vec = lib.encoder.encode_text([q])[0]
+                vec = lib.tower("text").encode_text([q])[0]
                 t1 = time.perf_counter()
                 got = lib.search_vector(vec, args.k, filters)
                 t2 = time.perf_counter()
