@@ -48,15 +48,15 @@ DELTA_MAX_ROWS = 20_000
 SQ_SHORTLIST = 64
 # The planner's threshold on SQ8 kinds (FILTER_EXACT_MAX_ROWS in base.py is for kinds that score
 # full-precision rows). benchmarks/filtered.py on the HNSW32,SQ8,Refine index of 1M x 512 that
-# benchmarks/search.py builds, single-threaded, both paths in one run, p50 ms (load ~3.4; the
+# benchmarks/search.py builds, single-threaded, both paths in one run, p50 ms (load ~1; the
 # ANN's beam widened by 1/sqrt(share), see _search_params):
-#   allowed    1k: exact 1.6 / ANN+selector 24.6 (recall@10 0.667)
-#             10k: exact 6.0 / 11.1 (0.823)      30k: exact 14.3 / 7.5 (0.873)
-#             60k: exact 24.8 / 6.0 (0.970)     100k: exact 36.5 / 4.6 (0.970)
-#            300k: exact 82.3 / 3.5 (0.987)
+#   allowed    1k: exact 1.2 / ANN+selector 26.9 (recall@10 0.665)
+#             10k: exact 6.3 / 12.4 (0.810)      30k: exact 11.1 / 6.7 (0.863)
+#             50k: exact 18.2 / 6.3 (0.960)      60k: exact 26.8 / 5.1 (0.953)
+#            100k: exact 29.4 / 3.9 (0.980)     300k: exact 83.0 / 3.9 (0.977)
 # Exact grows with the allowed count (~0.4 ms per 1k rows); the ANN is faster from a few
-# thousand rows on, but its recall falls below the unfiltered one (0.96) under a 5% share: the
-# threshold is where the ANN is both faster and as good. Below it the answer is exact.
+# thousand rows on, but its recall falls below 0.95 under a 5% share: the threshold is where
+# the ANN is both faster and as good as unfiltered searches. Below it the answer is exact.
 FILTER_EXACT_MAX_ROWS_SQ8 = 50_000
 # A filtered HNSW search under this share of the rows is scored exactly whatever its row count
 # (at 10M rows, a 1% filter is 100k rows, where the graph's recall with a selector is ~0.82).
@@ -223,8 +223,8 @@ class FaissIndex(IndexBase):
         if self.kind == "hnsw":
             p = faiss.SearchParametersHNSW()
             # A filter keeping a share f of the rows widens the beam by 1/sqrt(f), not 1/f: at
-            # 1M x 512 (benchmarks/filtered.py) recall@10 stays >= the unfiltered one down to the
-            # planner's exact threshold (5%), at a third of the time 1/f took at 10%.
+            # 1M x 512 (benchmarks/filtered.py) recall@10 stays 0.95-0.98 down to the planner's
+            # exact threshold (5%), at a third of the time 1/f took at 10%.
             p.efSearch = int(min(max(self.ef_search / math.sqrt(frac), kk),
                                  max(EF_SEARCH_MAX, kk)))
             return p
