@@ -43,6 +43,10 @@ WeightsOpt = Annotated[Path | None, typer.Option(
 FormatOpt = Annotated[str, typer.Option(
     "--format", "-f", help=f"Output: {', '.join(FORMATS)}.", metavar="FORMAT")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.", metavar="DEVICE")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per model call.",
+                                      metavar="N")]
+WorkersOpt = Annotated[int, typer.Option("--workers", min=0, help="Decode threads; 0 = one per "
+                                         "core, at least 2.", metavar="N")]
 NameArg = Annotated[str, typer.Argument(help="The model: ARCH:TAG, ARCH with --weights, or a space id "
                                         "from `loupe models`.", show_default=False, metavar="NAME")]
 
@@ -129,10 +133,7 @@ def switch(name: NameArg, weights: WeightsOpt = None, library: LibraryOpt = None
            later: Annotated[bool, typer.Option(
                "--later", help="Only make NAME the target; `loupe index`, `loupe models fill` or a "
                "running `loupe serve` re-index does the embedding.")] = False,
-           batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per model call.",
-                                                   metavar="N")] = 32,
-           workers: Annotated[int, typer.Option("--workers", min=0, help="Decode threads; 0 = one per "
-                                                "core, at least 2.", metavar="N")] = 0,
+           batch_size: BatchOpt = 32, workers: WorkersOpt = 0,
            json_out: Annotated[bool, typer.Option("--json", help="Print the fill's report as JSON.")] = False,
            ) -> None:
     """Move the library to another model without downtime: embed every image with it (searches
@@ -156,10 +157,7 @@ def switch(name: NameArg, weights: WeightsOpt = None, library: LibraryOpt = None
 
 @models_app.command("fill")
 def fill(library: LibraryOpt = None, device: DeviceOpt = "auto",
-         batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per model call.",
-                                                 metavar="N")] = 32,
-         workers: Annotated[int, typer.Option("--workers", min=0, help="Decode threads; 0 = one per "
-                                              "core, at least 2.", metavar="N")] = 0,
+         batch_size: BatchOpt = 32, workers: WorkersOpt = 0,
          json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
          ) -> None:
     """Carry on the switch under way (after Ctrl-C, a crash, or `switch --later`)."""
